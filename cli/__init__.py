@@ -1,0 +1,1 @@
+"""Command line interface of cloudcps (installed as ``cloudcps.cli``)."""

@@ -1,0 +1,191 @@
+"""``cloudcps tile``: scenes to 8-bit RGB tiles, label tiles, a manifest and split lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cloudcps.tiling import (
+    DEFAULT_CLASSES,
+    TileOptions,
+    parse_bands,
+    parse_label_map,
+    parse_stretch,
+    tile_scenes,
+)
+
+from .options import converter, overwrite_opt, quiet, user_errors
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if len(names) < 2:
+        raise ValueError("give at least two class names, comma-separated")
+    return names
+
+
+@click.command(short_help="Cut scenes into RGB tiles, label tiles, a manifest and splits.")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--label-dir",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of label rasters named like their scenes (repeatable).",
+)
+@click.option(
+    "--bands",
+    default="1,2,3,4",
+    show_default=True,
+    callback=converter(parse_bands),
+    help="1-based band numbers of R,G,B,NIR in the scenes (R,G,B for files without NIR).",
+)
+@click.option(
+    "--label-map",
+    default=None,
+    callback=converter(parse_label_map),
+    help="Source label codes to class ids, e.g. 128:0,255:1,192:2,64:3 (L8 Biome).",
+)
+@click.option(
+    "--unknown-labels",
+    type=click.Choice(["error", "ignore"]),
+    default="error",
+    show_default=True,
+    help="What to do with label values missing from --label-map.",
+)
+@click.option(
+    "--classes",
+    default=",".join(DEFAULT_CLASSES),
+    show_default=True,
+    callback=converter(_classes),
+    help="Class names in id order.",
+)
+@click.option("--tile-size", default=1024, show_default=True, type=int, help="Tile side in pixels.")
+@click.option(
+    "--overlap", default=0, show_default=True, type=int, help="Overlap between tiles (px)."
+)
+@click.option(
+    "--stretch",
+    default="auto",
+    show_default=True,
+    callback=converter(parse_stretch),
+    help="auto[:P_LOW:P_HIGH] (percentiles over all scenes), none, MIN:MAX, or MIN:MAX per band.",
+)
+@click.option(
+    "--labeled-fraction",
+    default=1 / 16,
+    show_default="0.0625",
+    type=float,
+    help="Share of labelled training tiles kept as labelled; the rest become unlabelled.",
+)
+@click.option(
+    "--val", multiple=True, help="A labelled scene (path or file name) to hold out (repeatable)."
+)
+@click.option(
+    "--val-fraction",
+    default=0.0,
+    type=float,
+    help="Share of labelled scenes drawn as validation scenes (instead of --val).",
+)
+@click.option(
+    "--cover-classes/--no-cover-classes",
+    default=True,
+    show_default=True,
+    help="Make every class of the training labels appear in the labelled subset where possible.",
+)
+@click.option(
+    "--min-valid",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="Skip tiles with a smaller share of valid (not nodata) pixels.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the splits.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Scenes tiled in parallel.")
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(["jpg", "png"]),
+    default="jpg",
+    show_default=True,
+    help="Image tile format.",
+)
+@click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
+@overwrite_opt
+@click.pass_context
+@user_errors
+def tile(
+    ctx: click.Context,
+    scenes: tuple[Path, ...],
+    out: Path,
+    label_dir: tuple[Path, ...],
+    bands: tuple[int, ...],
+    label_map: dict[int, int] | None,
+    unknown_labels: str,
+    classes: tuple[str, ...],
+    tile_size: int,
+    overlap: int,
+    stretch: object,
+    labeled_fraction: float,
+    val: tuple[str, ...],
+    val_fraction: float,
+    cover_classes: bool,
+    min_valid: float,
+    seed: int,
+    workers: int,
+    image_format: str,
+    quality: int,
+    overwrite: bool,
+) -> None:
+    """Cut 4-band scenes into 8-bit RGB tiles (NIR dropped), aligned label tiles, a
+    manifest that keeps each tile's georeferencing, and labeled/unlabeled/val split lists.
+
+    One stretch is used for the whole dataset and recorded in the manifest, so training and
+    prediction read scenes the same way. Label rasters are found in --label-dir by the scene's
+    file name. Validation is chosen by whole scene.
+
+    \b
+    $ cloudcps tile scenes/*.tif --label-dir labels --label-map 128:0,255:1,192:2,64:3 \\
+        --val scenes/a.tif --out tiles
+    """
+    from cloudcps.tiling import StretchSpec
+
+    assert isinstance(stretch, StretchSpec)
+    opts = TileOptions(
+        tile_size=tile_size,
+        overlap=overlap,
+        bands=bands,
+        stretch=stretch,
+        label_dirs=label_dir,
+        label_map=label_map,
+        unknown_labels="ignore" if unknown_labels == "ignore" else "error",
+        classes=classes,
+        labeled_fraction=labeled_fraction,
+        val=val,
+        val_fraction=val_fraction,
+        cover_classes=cover_classes,
+        seed=seed,
+        workers=workers,
+        image_format="png" if image_format == "png" else "jpg",
+        jpeg_quality=quality,
+        min_valid_fraction=min_valid,
+        overwrite=overwrite,
+    )
+    summary = tile_scenes(scenes, out, opts, progress=not quiet(ctx))
+    if quiet(ctx):
+        return
+    s = summary.splits
+    click.echo(
+        f"{summary.scenes} scene(s) ({summary.labeled_scenes} labelled) -> {summary.tiles} tiles "
+        f"in {summary.out}: labeled {s['labeled']}, unlabeled {s['unlabeled']}, val {s['val']}; "
+        f"skipped {summary.skipped_low_valid} (valid share < {min_valid:g})"
+    )
+    st = summary.stretch
+    click.echo(
+        f"stretch {st.method}: low {', '.join(f'{v:g}' for v in st.low[:3])}; "
+        f"high {', '.join(f'{v:g}' for v in st.high[:3])} (R,G,B)"
+    )
+    for split, shares in summary.class_shares.items():
+        parts = ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+        click.echo(f"class shares {split}: {parts}")

@@ -1,0 +1,140 @@
+"""Small I/O helpers shared by the commands: opening rasters with clear errors, atomic outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from cloudcps.errors import InputError, OutputExistsError
+
+
+def open_raster(path: str | os.PathLike[str], what: str = "raster") -> rasterio.DatasetReader:
+    """Open ``path`` with rasterio, turning GDAL's errors into one-line :class:`InputError`."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p} does not exist; check the path")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder, not a raster file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
+    except RasterioIOError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise InputError(
+            f"{what} {p} is not a readable raster ({detail}); give a GeoTIFF or another "
+            "GDAL-readable file"
+        ) from None
+
+
+def _is_nonempty(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.exists()
+
+
+def check_writable(path: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse an existing non-empty output unless ``overwrite`` is set."""
+    if _is_nonempty(path) and not overwrite:
+        raise OutputExistsError(
+            f"{option} {path} already exists; choose another path or pass --overwrite"
+        )
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing an existing file or folder."""
+    if final.is_dir() and not final.is_symlink():
+        trash = _tmp_sibling(final)
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` that becomes ``path`` when the block succeeds.
+
+    On any exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    check_writable(path, overwrite, option)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary file name beside ``path``, renamed to ``path`` when the block succeeds."""
+    path = Path(path)
+    check_writable(path, overwrite, option)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON through a temporary file."""
+    tmp = _tmp_sibling(path)
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def alpha_is_data(src: rasterio.DatasetReader, bands: list[int] | tuple[int, ...]) -> bool:
+    """Whether GDAL flags one of ``bands`` as alpha although we read it as data.
+
+    A 4-band uint8 GeoTIFF is often written as RGBA, so GDAL turns its 4th band (our NIR) into a
+    transparency mask and every NIR value of 0 would read as nodata.
+    """
+    from rasterio.enums import ColorInterp
+
+    return any(src.colorinterp[b - 1] == ColorInterp.alpha for b in bands)
+
+
+def read_valid_mask(
+    src: rasterio.DatasetReader,
+    bands: list[int] | tuple[int, ...],
+    window: Any = None,
+    out_shape: tuple[int, int] | None = None,
+) -> Any:
+    """Boolean (H, W) mask of pixels valid in every band of ``bands`` (nodata value or mask)."""
+    import numpy as np
+    from rasterio.enums import Resampling
+
+    kw: dict[str, Any] = {"window": window}
+    if out_shape is not None:
+        kw.update(out_shape=(len(bands), *out_shape), resampling=Resampling.nearest)
+    if alpha_is_data(src, bands):
+        if src.nodata is None:
+            shape = out_shape or ((int(window.height), int(window.width)) if window else src.shape)
+            return np.ones(shape, dtype=bool)
+        return np.all(src.read(list(bands), **kw) != src.nodata, axis=0)
+    return np.all(src.read_masks(list(bands), **kw) > 0, axis=0)

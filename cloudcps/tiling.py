@@ -1,0 +1,871 @@
+"""Cut 4-band scenes into 8-bit RGB training tiles with aligned labels, a manifest and split lists.
+
+The tiler reads each scene window by window (memory does not grow with the scene), maps the
+selected bands to 8 bits with one stretch shared by the whole dataset, drops NIR, and records in
+``manifest.json`` everything a model trained on the tiles needs to read a new scene the same way
+(band order, stretch, normalisation, class names), plus each tile's georeferencing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from cloudcps import __version__
+from cloudcps.errors import InputError
+from cloudcps.io import atomic_dir, check_writable, open_raster, read_valid_mask, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "cloudcps-tiles"
+MANIFEST_VERSION = 1
+IGNORE_INDEX = 255
+DEFAULT_CLASSES: tuple[str, ...] = ("clear", "thick cloud", "thin cloud", "cloud shadow")
+BAND_NAMES: tuple[str, ...] = ("red", "green", "blue", "nir")
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF", ".png", ".img", ".jp2", ".vrt")
+GDAL_ENV = {"GDAL_CACHEMAX": 128 * 1024 * 1024}
+
+
+# --------------------------------------------------------------------------------------------
+# Option parsing (library types; the CLI wraps these errors as BadParameter)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    """Parse ``"1,2,3,4"`` (R,G,B,NIR) or ``"1,2,3"`` (R,G,B, no NIR) into 1-based band indices."""
+    try:
+        bands = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"expected comma-separated band numbers like 1,2,3,4, got {text!r}"
+        ) from None
+    if len(bands) not in (3, 4) or min(bands) < 1 or len(set(bands)) != len(bands):
+        raise ValueError(
+            f"expected 3 or 4 distinct 1-based band numbers (R,G,B[,NIR]), got {text!r}"
+        )
+    return bands
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """Parse ``"128:0,255:1,192:2,64:3"`` into ``{source code: class id}``."""
+    mapping: dict[int, int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            src, dst = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"expected SRC:DST pairs like 128:0,255:1, got {item!r}") from None
+        if src in mapping and mapping[src] != dst:
+            raise ValueError(f"source value {src} is mapped twice")
+        mapping[src] = dst
+    if not mapping:
+        raise ValueError("the label map is empty")
+    return mapping
+
+
+@dataclass(frozen=True)
+class StretchSpec:
+    """How to map scene values to 8 bits: ``auto`` percentiles, fixed ranges, or ``none``."""
+
+    method: Literal["auto", "fixed", "none"] = "auto"
+    percentiles: tuple[float, float] = (1.0, 99.5)
+    ranges: tuple[tuple[float, float], ...] = ()
+
+
+def parse_stretch(text: str) -> StretchSpec:
+    """Parse ``auto``, ``auto:P_LOW:P_HIGH``, ``none``, ``MIN:MAX`` or per band ``MIN:MAX,...``."""
+    text = text.strip()
+    if text == "none":
+        return StretchSpec("none")
+    if text == "auto" or text.startswith("auto:"):
+        if text == "auto":
+            return StretchSpec("auto")
+        try:
+            lo, hi = (float(v) for v in text.split(":")[1:])
+        except ValueError:
+            raise ValueError(f"expected auto:P_LOW:P_HIGH like auto:1:99.5, got {text!r}") from None
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {text!r}")
+        return StretchSpec("auto", percentiles=(lo, hi))
+    ranges: list[tuple[float, float]] = []
+    for item in text.split(","):
+        try:
+            lo, hi = (float(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(
+                f"expected auto, none, MIN:MAX or MIN:MAX per band (R,G,B[,NIR]), got {text!r}"
+            ) from None
+        if not hi > lo:
+            raise ValueError(f"stretch range {item!r} must have MAX > MIN")
+        ranges.append((lo, hi))
+    if len(ranges) not in (1, 3, 4):
+        raise ValueError(f"give one MIN:MAX for all bands or one per band (3 or 4), got {text!r}")
+    return StretchSpec("fixed", ranges=tuple(ranges))
+
+
+# --------------------------------------------------------------------------------------------
+# The data contract: how raw scene values become network input
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A resolved linear stretch to 8 bits, one ``(low, high)`` per selected band."""
+
+    method: str
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    percentiles: tuple[float, float] | None = None
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """Map ``data`` (bands, H, W) of the selected bands to uint8, band by band."""
+        n = data.shape[0]
+        lo = np.asarray(self.low[:n], dtype=np.float32).reshape(n, 1, 1)
+        hi = np.asarray(self.high[:n], dtype=np.float32).reshape(n, 1, 1)
+        if self.method == "none":
+            return np.clip(data, 0, 255).astype(np.uint8)
+        scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "low": list(self.low),
+            "high": list(self.high),
+            "percentiles": list(self.percentiles) if self.percentiles else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stretch:
+        pct = d.get("percentiles")
+        return cls(
+            method=str(d["method"]),
+            low=tuple(float(v) for v in d["low"]),
+            high=tuple(float(v) for v in d["high"]),
+            percentiles=(float(pct[0]), float(pct[1])) if pct else None,
+        )
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """Everything decided at tiling time that training and prediction must reuse unchanged."""
+
+    classes: tuple[str, ...]
+    bands: tuple[int, ...]
+    stretch: Stretch
+    tile_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    ignore_index: int = IGNORE_INDEX
+    band_names: tuple[str, ...] = BAND_NAMES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": [{"id": i, "name": n} for i, n in enumerate(self.classes)],
+            "ignore_index": self.ignore_index,
+            "bands": {
+                "input": list(self.bands),
+                "names": list(self.band_names[: len(self.bands)]),
+                "tile_bands": list(self.band_names[:3]),
+                "dropped": list(self.band_names[3 : len(self.bands)]),
+            },
+            "stretch": self.stretch.to_dict(),
+            "normalization": {"scale": 255.0, "mean": list(self.mean), "std": list(self.std)},
+            "tile_size": self.tile_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataContract:
+        classes = tuple(c["name"] for c in sorted(d["classes"], key=lambda c: int(c["id"])))
+        norm = d.get("normalization", {})
+        return cls(
+            classes=classes,
+            bands=tuple(int(b) for b in d["bands"]["input"]),
+            stretch=Stretch.from_dict(d["stretch"]),
+            tile_size=int(d["tile_size"]),
+            mean=tuple(float(v) for v in norm.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in norm.get("std", IMAGENET_STD)),
+            ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Options and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TileOptions:
+    """Options of :func:`tile_scenes`; the CLI maps its flags one to one onto these fields."""
+
+    tile_size: int = 1024
+    overlap: int = 0
+    bands: tuple[int, ...] = (1, 2, 3, 4)
+    stretch: StretchSpec = field(default_factory=StretchSpec)
+    label_dirs: tuple[Path, ...] = ()
+    label_map: dict[int, int] | None = None
+    unknown_labels: Literal["error", "ignore"] = "error"
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    labeled_fraction: float = 1 / 16
+    val: tuple[str, ...] = ()
+    val_fraction: float = 0.0
+    cover_classes: bool = True
+    seed: int = 0
+    workers: int = 1
+    image_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = 95
+    min_valid_fraction: float = 0.1
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.tile_size < 32:
+            raise InputError(f"--tile-size {self.tile_size} is too small; use 32 or more")
+        if not 0 <= self.overlap < self.tile_size:
+            raise InputError(
+                f"--overlap {self.overlap} must be >= 0 and smaller than --tile-size "
+                f"{self.tile_size}"
+            )
+        if not 0.0 <= self.labeled_fraction <= 1.0:
+            raise InputError(f"--labeled-fraction {self.labeled_fraction} must be in [0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction {self.val_fraction} must be in [0, 1)")
+        if self.val and self.val_fraction:
+            raise InputError("give either --val or --val-fraction, not both")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise InputError(f"--min-valid {self.min_valid_fraction} must be in [0, 1]")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise InputError(f"--quality {self.jpeg_quality} must be in 1..100")
+        k = len(self.classes)
+        if self.label_map:
+            bad = sorted({v for v in self.label_map.values() if v >= k and v != IGNORE_INDEX})
+            if bad:
+                raise InputError(
+                    f"--label-map sends values to class ids {bad}, but there are only {k} "
+                    f"classes (0..{k - 1}; 255 = ignore)"
+                )
+
+
+@dataclass
+class TileSummary:
+    """What :func:`tile_scenes` wrote."""
+
+    out: Path
+    scenes: int
+    labeled_scenes: int
+    tiles: int
+    splits: dict[str, int]
+    skipped_low_valid: int
+    class_shares: dict[str, dict[str, float]]
+    stretch: Stretch
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes and labels
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneInfo:
+    path: Path
+    label: Path | None
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None
+    transform: tuple[float, ...]
+    role: str = "train"
+
+    @property
+    def id(self) -> str:
+        return self.path.stem
+
+
+def _crs_str(crs: CRS | None) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else str(crs.to_wkt())
+
+
+def _find_label(scene: Path, label_dirs: Sequence[Path]) -> Path | None:
+    for d in label_dirs:
+        exact = d / scene.name
+        if exact.is_file():
+            return exact
+        for suffix in RASTER_SUFFIXES:
+            cand = d / (scene.stem + suffix)
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _transforms_close(a: Affine, b: Affine) -> bool:
+    tol = 1e-6 * max(abs(a.a), abs(a.e), 1e-12)
+    return all(abs(x - y) <= tol * max(1.0, abs(x)) for x, y in zip(a[:6], b[:6], strict=True))
+
+
+def inspect_scene(path: Path, bands: Sequence[int], label_dirs: Sequence[Path]) -> SceneInfo:
+    """Open a scene (and its label raster) and check that they can be tiled together."""
+    with open_raster(path, "scene") as src:
+        if src.count < max(bands):
+            raise InputError(
+                f"scene {path} has {src.count} band(s) but --bands {','.join(map(str, bands))} "
+                f"asks for band {max(bands)}; pass --bands with the file's R,G,B[,NIR] "
+                f"band numbers (e.g. --bands 1,2,3 for an RGB file)"
+            )
+        info = SceneInfo(
+            path=path,
+            label=_find_label(path, label_dirs),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=_crs_str(src.crs),
+            transform=tuple(src.transform)[:6],
+        )
+        scene_crs, scene_tf = src.crs, src.transform
+    if info.label is not None:
+        with open_raster(info.label, "label raster") as lab:
+            if (lab.width, lab.height) != (info.width, info.height):
+                raise InputError(
+                    f"label raster {info.label} is {lab.width}x{lab.height} but its scene "
+                    f"{path} is {info.width}x{info.height}; labels must cover the scene "
+                    "pixel for pixel"
+                )
+            if not _transforms_close(lab.transform, scene_tf):
+                raise InputError(
+                    f"label raster {info.label} has transform {tuple(lab.transform)[:6]} but "
+                    f"its scene {path} has {tuple(scene_tf)[:6]}; resample the labels onto "
+                    "the scene grid"
+                )
+            if lab.crs and scene_crs and lab.crs != scene_crs:
+                raise InputError(
+                    f"label raster {info.label} is in {_crs_str(lab.crs)} but its scene "
+                    f"{path} is in {_crs_str(scene_crs)}; reproject the labels"
+                )
+    return info
+
+
+def _label_lut(
+    label_map: dict[int, int] | None, num_classes: int, nodata: float | None
+) -> tuple[Callable[[np.ndarray], np.ndarray], set[int]]:
+    """A function mapping raw label values to class ids, and the set of accepted raw values."""
+    if label_map is None:
+        accepted = set(range(num_classes)) | {IGNORE_INDEX}
+        mapping = {v: v for v in accepted}
+    else:
+        accepted = set(label_map)
+        mapping = dict(label_map)
+    if nodata is not None and float(nodata).is_integer():
+        accepted.add(int(nodata))
+        mapping[int(nodata)] = IGNORE_INDEX
+    lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+    for src, dst in mapping.items():
+        if 0 <= src < 65536:
+            lut[src] = dst
+
+    def apply(raw: np.ndarray) -> np.ndarray:
+        if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2 and raw.min(initial=0) >= 0:
+            return lut[raw.astype(np.int64)]
+        out = np.full(raw.shape, IGNORE_INDEX, dtype=np.uint8)
+        for src, dst in mapping.items():
+            out[raw == src] = dst
+        return out
+
+    return apply, accepted
+
+
+def check_label_values(
+    label: Path, label_map: dict[int, int] | None, num_classes: int, unknown: str
+) -> None:
+    """Scan a label raster block by block; raise if it holds values the map does not know."""
+    with open_raster(label, "label raster") as src:
+        _, accepted = _label_lut(label_map, num_classes, src.nodata)
+        seen: set[int] = set()
+        for _, window in src.block_windows(1):
+            values = np.unique(src.read(1, window=window))
+            seen.update(int(v) for v in values)
+    bad = sorted(seen - accepted)
+    if bad and unknown == "error":
+        shown = ", ".join(map(str, bad[:12])) + (" ..." if len(bad) > 12 else "")
+        if label_map is None:
+            fix = (
+                f"values must be class ids 0..{num_classes - 1} or 255; pass --label-map "
+                "SRC:DST,... to translate them"
+            )
+        else:
+            fix = "add them to --label-map, or pass --unknown-labels ignore to skip them"
+        raise InputError(f"label raster {label} holds values not in the label map: {shown}; {fix}")
+
+
+# --------------------------------------------------------------------------------------------
+# Stretch estimation
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_scene(path: Path, bands: Sequence[int], max_side: int = 768) -> np.ndarray:
+    """Valid pixel values (n, bands) of a decimated read of the scene."""
+    with rasterio.Env(**GDAL_ENV), open_raster(path, "scene") as src:
+        f = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
+        data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+        valid = read_valid_mask(src, tuple(bands), out_shape=shape)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return data[:, valid].T.astype(np.float64)
+
+
+def resolve_stretch(
+    spec: StretchSpec, scenes: Sequence[SceneInfo], bands: Sequence[int]
+) -> Stretch:
+    """Turn a :class:`StretchSpec` into one :class:`Stretch` for every scene of the dataset."""
+    n = len(bands)
+    if spec.method == "fixed":
+        ranges = spec.ranges
+        if len(ranges) == 1:
+            ranges = ranges * n
+        if len(ranges) < min(n, 3):
+            raise InputError(
+                f"--stretch gives {len(ranges)} ranges but {n} bands are read; give one "
+                "MIN:MAX for all bands or one per band"
+            )
+        ranges = (ranges + ranges[-1:] * n)[:n]
+        return Stretch("fixed", tuple(r[0] for r in ranges), tuple(r[1] for r in ranges))
+    dtypes = {s.dtype for s in scenes}
+    if spec.method == "none" or dtypes == {"uint8"}:
+        if spec.method == "none" and dtypes != {"uint8"}:
+            log.warning("--stretch none on %s input: values are clipped to 0..255", sorted(dtypes))
+        return Stretch("none", (0.0,) * n, (255.0,) * n)
+    if "uint8" in dtypes:
+        raise InputError(
+            f"the scenes mix uint8 with {sorted(dtypes - {'uint8'})}; one automatic stretch "
+            "cannot fit both: give --stretch MIN:MAX or tile them separately"
+        )
+    samples = [_sample_scene(s.path, bands) for s in scenes]
+    allv = (
+        np.concatenate([s for s in samples if len(s)], axis=0)
+        if any(len(s) for s in samples)
+        else None
+    )
+    if allv is None:
+        raise InputError("the scenes hold no valid pixels to estimate --stretch auto; give MIN:MAX")
+    lo_p, hi_p = spec.percentiles
+    lo = np.percentile(allv, lo_p, axis=0)
+    hi = np.percentile(allv, hi_p, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    return Stretch(
+        "auto",
+        tuple(round(float(v), 4) for v in lo),
+        tuple(round(float(v), 4) for v in hi),
+        percentiles=(lo_p, hi_p),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The tile grid
+# --------------------------------------------------------------------------------------------
+
+
+def grid_offsets(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile start offsets along one axis; the last tile reaches (and may pass) the far edge."""
+    stride = tile - overlap
+    n = 1 + max(0, math.ceil((length - tile) / stride))
+    return [i * stride for i in range(n)]
+
+
+def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[Window]:
+    """Full ``tile x tile`` windows covering the scene, in row-major order."""
+    return [
+        Window(col, row, tile, tile)
+        for row in grid_offsets(height, tile, overlap)
+        for col in grid_offsets(width, tile, overlap)
+    ]
+
+
+def _clip(window: Window, width: int, height: int) -> Window:
+    return Window(
+        window.col_off,
+        window.row_off,
+        min(window.width, width - window.col_off),
+        min(window.height, height - window.row_off),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-scene work (runs in worker processes)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SceneJob:
+    scene: SceneInfo
+    out: Path
+    options: TileOptions
+    stretch: Stretch
+
+
+def _tile_scene(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
+    scene, opts, out = job.scene, job.options, job.out
+    k = len(opts.classes)
+    t = opts.tile_size
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    with rasterio.Env(**GDAL_ENV), open_raster(scene.path, "scene") as src:
+        lab = open_raster(scene.label, "label raster") if scene.label else None
+        try:
+            to_class = _label_lut(opts.label_map, k, lab.nodata)[0] if lab else None
+            rgb = list(opts.bands[:3])
+            for window in tile_windows(src.width, src.height, t, opts.overlap):
+                vw = _clip(window, src.width, src.height)
+                h, w = int(vw.height), int(vw.width)
+                valid = np.zeros((t, t), dtype=bool)
+                valid[:h, :w] = read_valid_mask(src, opts.bands, window=vw)
+                data = src.read(rgb, window=vw)
+                if np.issubdtype(data.dtype, np.floating):
+                    valid[:h, :w] &= np.all(np.isfinite(data), axis=0)
+                    data = np.nan_to_num(data)
+                fraction = float(valid.mean())
+                if fraction < opts.min_valid_fraction or not valid.any():
+                    skipped += 1
+                    continue
+                image = np.zeros((3, t, t), dtype=np.uint8)
+                image[:, :h, :w] = job.stretch.apply(data)
+                image[:, ~valid] = 0
+                row, col = int(window.row_off), int(window.col_off)
+                tile_id = f"{scene.id}_r{row:05d}_c{col:05d}"
+                ext = "jpg" if opts.image_format == "jpg" else "png"
+                img_rel = f"images/{tile_id}.{ext}"
+                pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+                if ext == "jpg":
+                    pil.save(out / img_rel, quality=opts.jpeg_quality, subsampling=0)
+                else:
+                    pil.save(out / img_rel, compress_level=1)
+                rec: dict[str, Any] = {
+                    "id": tile_id,
+                    "scene": scene.id,
+                    "window": {"col_off": col, "row_off": row, "width": t, "height": t},
+                    "valid_window": {"col_off": col, "row_off": row, "width": w, "height": h},
+                    "transform": list(src.window_transform(window))[:6],
+                    "crs": scene.crs,
+                    "valid_fraction": round(fraction, 6),
+                    "image": img_rel,
+                    "label": None,
+                    "valid_mask": None,
+                    "class_counts": None,
+                    "ignore_count": None,
+                }
+                if not valid.all():
+                    rec["valid_mask"] = f"valid/{tile_id}.png"
+                    Image.fromarray(valid.astype(np.uint8) * 255).save(
+                        out / rec["valid_mask"], compress_level=1
+                    )
+                if lab is not None and to_class is not None:
+                    label = np.full((t, t), IGNORE_INDEX, dtype=np.uint8)
+                    label[:h, :w] = to_class(lab.read(1, window=vw))
+                    label[~valid] = IGNORE_INDEX
+                    counts = np.bincount(label.ravel(), minlength=256)
+                    rec["label"] = f"labels/{tile_id}.png"
+                    rec["class_counts"] = [int(c) for c in counts[:k]]
+                    rec["ignore_count"] = int(counts[k:].sum())
+                    Image.fromarray(label).save(out / rec["label"], compress_level=1)
+                records.append(rec)
+        finally:
+            if lab is not None:
+                lab.close()
+    return records, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def _match_scene(name: str, scenes: Sequence[SceneInfo]) -> SceneInfo:
+    p = Path(name)
+    for s in scenes:
+        if p.exists() and s.path.resolve() == p.resolve():
+            return s
+    hits = [s for s in scenes if name in (s.path.name, s.path.stem, str(s.path))]
+    if len(hits) == 1:
+        return hits[0]
+    raise InputError(
+        f"--val {name} matches {'none' if not hits else 'several'} of the scenes given; "
+        "name one of the input scenes by path or file name"
+    )
+
+
+def assign_val_scenes(scenes: Sequence[SceneInfo], opts: TileOptions) -> None:
+    """Mark whole scenes as validation scenes (``role = "val"``)."""
+    rng = random.Random(opts.seed)
+    if opts.val:
+        for name in opts.val:
+            s = _match_scene(name, scenes)
+            if s.label is None:
+                raise InputError(
+                    f"--val {name}: scene {s.path} has no label raster in --label-dir; a "
+                    "validation scene needs labels"
+                )
+            s.role = "val"
+    elif opts.val_fraction > 0:
+        labeled = [s for s in scenes if s.label is not None]
+        if len(labeled) < 2:
+            raise InputError(
+                f"--val-fraction needs at least 2 labelled scenes, found {len(labeled)}; "
+                "add labelled scenes or name one with --val"
+            )
+        n = min(len(labeled) - 1, max(1, round(opts.val_fraction * len(labeled))))
+        for s in rng.sample(labeled, n):
+            s.role = "val"
+
+
+def choose_labeled(
+    pool: Sequence[dict[str, Any]], fraction: float, num_classes: int, seed: int, cover: bool
+) -> set[str]:
+    """Pick ``fraction`` of the labelled training tiles; optionally cover every class present."""
+    if not pool or fraction <= 0:
+        return set()
+    n = min(len(pool), max(1, round(fraction * len(pool))))
+    rng = random.Random(seed + 1)
+    order = list(pool)
+    rng.shuffle(order)
+    chosen: list[dict[str, Any]] = []
+    if cover:
+        totals = np.sum([t["class_counts"] for t in pool], axis=0)
+        for c in sorted(range(num_classes), key=lambda c: totals[c]):
+            if totals[c] == 0 or len(chosen) >= n:
+                continue
+            if any(t["class_counts"][c] > 0 for t in chosen):
+                continue
+            with_c = [t for t in order if t["class_counts"][c] > 0 and t not in chosen]
+            if with_c:
+                chosen.append(with_c[0])
+    ids = {t["id"] for t in chosen}
+    for t in order:
+        if len(ids) >= n:
+            break
+        ids.add(t["id"])
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def tile_scenes(
+    scenes: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    options: TileOptions | None = None,
+    progress: bool = False,
+) -> TileSummary:
+    """Tile ``scenes`` into ``out`` (images, labels, manifest, splits); see the module docstring.
+
+    Args:
+        scenes: 4-band (or 3-band with ``bands`` of length 3) rasters.
+        out: output folder; written under a temporary name and renamed when complete.
+        options: tiling options; defaults to :class:`TileOptions`.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`TileSummary` of what was written.
+
+    Raises:
+        InputError: a scene, label raster or option cannot be used; nothing is written.
+    """
+    from tqdm import tqdm
+
+    opts = options or TileOptions()
+    opts.validate()
+    out_path = Path(out)
+    check_writable(out_path, opts.overwrite)
+    if not scenes:
+        raise InputError("no scenes given; pass one or more 4-band rasters")
+    for d in opts.label_dirs:
+        if not Path(d).is_dir():
+            raise InputError(f"--label-dir {d} is not a folder")
+    paths = [Path(s) for s in scenes]
+    infos = [inspect_scene(p, opts.bands, opts.label_dirs) for p in paths]
+    seen: dict[str, Path] = {}
+    for s in infos:
+        if s.id in seen:
+            raise InputError(
+                f"scenes {seen[s.id]} and {s.path} share the name {s.id!r}; tile ids and label "
+                "lookup use file names, so rename one"
+            )
+        seen[s.id] = s.path
+    notes: list[str] = []
+    if opts.label_dirs and not any(s.label for s in infos):
+        raise InputError(
+            f"no label raster found in --label-dir {', '.join(map(str, opts.label_dirs))} for any "
+            "scene; label files must have the scene's file name"
+        )
+    for s in infos:
+        if s.label is not None:
+            check_label_values(s.label, opts.label_map, len(opts.classes), opts.unknown_labels)
+    no_crs = [s.id for s in infos if s.crs is None]
+    if no_crs:
+        msg = f"{len(no_crs)} scene(s) have no CRS (e.g. {no_crs[0]}); tiles keep pixel transforms"
+        log.warning(msg)
+        notes.append(msg)
+    assign_val_scenes(infos, opts)
+    stretch = resolve_stretch(opts.stretch, infos, opts.bands)
+    contract = DataContract(
+        classes=tuple(opts.classes),
+        bands=tuple(opts.bands),
+        stretch=stretch,
+        tile_size=opts.tile_size,
+    )
+
+    total = sum(len(tile_windows(s.width, s.height, opts.tile_size, opts.overlap)) for s in infos)
+    with atomic_dir(out_path, opts.overwrite) as tmp:
+        for sub in ("images", "labels", "valid", "splits"):
+            (tmp / sub).mkdir()
+        jobs = [_SceneJob(s, tmp, opts, stretch) for s in infos]
+        results: list[tuple[list[dict[str, Any]], int]] = []
+        bar = tqdm(total=total, unit="tile", desc="tile", disable=not progress)
+        try:
+            if opts.workers > 1 and len(jobs) > 1:
+                ctx = get_context("spawn")
+                with ProcessPoolExecutor(min(opts.workers, len(jobs)), mp_context=ctx) as ex:
+                    for res in ex.map(_tile_scene, jobs):
+                        results.append(res)
+                        bar.update(len(res[0]) + res[1])
+            else:
+                for job in jobs:
+                    res = _tile_scene(job)
+                    results.append(res)
+                    bar.update(len(res[0]) + res[1])
+        finally:
+            bar.close()
+        tiles = [rec for recs, _ in results for rec in recs]
+        skipped = sum(n for _, n in results)
+        if not tiles:
+            raise InputError(
+                f"no tile has at least {opts.min_valid_fraction:.0%} valid pixels; check the "
+                "scenes' nodata or lower --min-valid"
+            )
+
+        role = {s.id: s.role for s in infos}
+        val_ids = [t["id"] for t in tiles if role[t["scene"]] == "val"]
+        pool = [t for t in tiles if role[t["scene"]] != "val" and t["label"] is not None]
+        pool = [t for t in pool if sum(t["class_counts"]) > 0]
+        labeled = choose_labeled(
+            pool, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
+        )
+        unlabeled = [t["id"] for t in tiles if role[t["scene"]] != "val" and t["id"] not in labeled]
+        splits = {
+            "labeled": [t["id"] for t in tiles if t["id"] in labeled],
+            "unlabeled": unlabeled,
+            "val": val_ids,
+        }
+        for name, ids in splits.items():
+            (tmp / "splits" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        if not splits["labeled"]:
+            msg = (
+                "no labelled training tiles: training needs --label-dir and --labeled-fraction > 0"
+            )
+            log.warning(msg)
+            notes.append(msg)
+
+        shares = _class_shares(tiles, splits, opts.classes)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_VERSION,
+            "created_by": f"cloudcps {__version__}",
+            **contract.to_dict(),
+            "overlap": opts.overlap,
+            "image_format": opts.image_format,
+            "jpeg_quality": opts.jpeg_quality if opts.image_format == "jpg" else None,
+            "label_map": {str(k): v for k, v in opts.label_map.items()} if opts.label_map else None,
+            "min_valid_fraction": opts.min_valid_fraction,
+            "options": {
+                "labeled_fraction": opts.labeled_fraction,
+                "val": list(opts.val),
+                "val_fraction": opts.val_fraction,
+                "cover_classes": opts.cover_classes,
+                "seed": opts.seed,
+            },
+            "scenes": [
+                {
+                    "id": s.id,
+                    "path": str(s.path.resolve()),
+                    "label": str(s.label.resolve()) if s.label else None,
+                    "width": s.width,
+                    "height": s.height,
+                    "dtype": s.dtype,
+                    "crs": s.crs,
+                    "transform": list(s.transform),
+                    "role": s.role,
+                }
+                for s in infos
+            ],
+            "splits": {k: len(v) for k, v in splits.items()},
+            "skipped": {"low_valid": skipped},
+            "class_shares": shares,
+            "tiles": tiles,
+        }
+        write_json(tmp / "manifest.json", manifest)
+        for sub in ("labels", "valid"):
+            if not any((tmp / sub).iterdir()):
+                (tmp / sub).rmdir()
+
+    return TileSummary(
+        out=out_path,
+        scenes=len(infos),
+        labeled_scenes=sum(1 for s in infos if s.label is not None),
+        tiles=len(tiles),
+        splits={k: len(v) for k, v in splits.items()},
+        skipped_low_valid=skipped,
+        class_shares=shares,
+        stretch=stretch,
+        warnings=notes,
+    )
+
+
+def _class_shares(
+    tiles: Sequence[dict[str, Any]], splits: dict[str, list[str]], classes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    by_id = {t["id"]: t for t in tiles}
+    shares: dict[str, dict[str, float]] = {}
+    for name, ids in splits.items():
+        counts = [by_id[i]["class_counts"] for i in ids if by_id[i]["class_counts"] is not None]
+        if not counts:
+            continue
+        tot = np.sum(counts, axis=0).astype(float)
+        s = tot.sum()
+        shares[name] = {
+            c: round(float(v / s), 5) if s else 0.0 for c, v in zip(classes, tot, strict=True)
+        }
+    return shares
+
+
+def summary_dict(summary: TileSummary) -> dict[str, Any]:
+    d = asdict(summary)
+    d["out"] = str(summary.out)
+    return d

@@ -1,0 +1,98 @@
+"""Shared fixtures: small GeoTIFFs with a real CRS and transform, and the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a stray hub call fails at once instead of hanging
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (../shared/data is not beside the checkout)")
+    return path
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform: Affine | None = None,
+    nodata: float | None = None,
+) -> Path:
+    """Write ``data`` (bands, H, W) or (H, W) as a GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "transform": transform or Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 5000000.0),
+        "nodata": nodata,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+SceneFactory = Callable[..., tuple[Path, Path]]
+
+
+@pytest.fixture
+def make_scene(tmp_path: Path) -> SceneFactory:
+    """Write a 4-band uint16 scene and its L8-Biome-coded label raster; return both paths.
+
+    The label is coded 128 clear, 255 thick, 192 thin, 64 shadow in bands of rows, so every
+    class is present, and the image is brighter where clouds are.
+    """
+
+    def factory(
+        name: str = "scene",
+        height: int = 300,
+        width: int = 340,
+        seed: int = 0,
+        bands: int = 4,
+        nodata_border: int = 0,
+        crs: str | None = "EPSG:32633",
+        x0: float = 500000.0,
+    ) -> tuple[Path, Path]:
+        rng = np.random.default_rng(seed)
+        codes = np.full((height, width), 128, np.uint8)
+        codes[: height // 4] = 255
+        codes[height // 4 : height // 3] = 192
+        codes[height // 3 : height // 2, : width // 2] = 64
+        base = rng.integers(300, 1500, size=(bands, height, width)).astype(np.uint16)
+        base[:, codes == 255] += 5000
+        base[:, codes == 192] += 2000
+        base[:, codes == 64] //= 3
+        nodata = None
+        if nodata_border:
+            base[:, :nodata_border] = 0
+            base[:, :, :nodata_border] = 0
+            nodata = 0
+        tf = Affine(30.0, 0.0, x0, 0.0, -30.0, 5000000.0)
+        img = write_raster(
+            tmp_path / "scenes" / f"{name}.tif", base, crs=crs, transform=tf, nodata=nodata
+        )
+        lab = write_raster(tmp_path / "labels" / f"{name}.tif", codes, crs=crs, transform=tf)
+        return img, lab
+
+    return factory
