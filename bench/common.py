@@ -25,8 +25,10 @@ def write_big_scene(path: Path, size: int, seed: int = 0, nodata_border: int = 0
     if not _IN_CHILD:
         # Generate in a child so this (measuring) process stays small: a forked child's peak
         # RSS starts from its parent's.
-        subprocess.run([sys.executable, __file__, str(path), str(size), str(seed),
-                        str(nodata_border)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, str(path), str(size), str(seed), str(nodata_border)],
+            check=True,
+        )
         return path
     import numpy as np
     import rasterio
@@ -38,10 +40,20 @@ def write_big_scene(path: Path, size: int, seed: int = 0, nodata_border: int = 0
     coarse = rng.random((4, size // 64 + 2, size // 64 + 2)).astype(np.float32)
     clouds = rng.random((size // 256 + 2, size // 256 + 2)).astype(np.float32)
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16",
-        "crs": "EPSG:32633", "transform": Affine(10.0, 0, 300000.0, 0, -10.0, 5000000.0),
-        "nodata": 0, "tiled": True, "blockxsize": 512, "blockysize": 512,
-        "compress": "deflate", "predictor": 2, "zlevel": 1,
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": Affine(10.0, 0, 300000.0, 0, -10.0, 5000000.0),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "predictor": 2,
+        "zlevel": 1,
     }
     tmp = path.with_suffix(".part.tif")
     strip = 512
@@ -90,7 +102,8 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {sys.version.split()[0]}, torch {torch.__version__}"
+    py = sys.version.split()[0]
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {py}, torch {torch.__version__}"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median, run_measured, write_big_scene  # noqa: E402
+from common import machine, median, run_measured, write_big_scene
 
 NAIVE = r"""
 import sys, numpy as np, rasterio
@@ -33,7 +33,8 @@ for r in grid_offsets(H, 1024, 0):
         tile = np.zeros((3, 1024, 1024), np.uint8)
         part = data[:, r:r + 1024, c:c + 1024]
         tile[:, :part.shape[1], :part.shape[2]] = st.apply(part)
-        Image.fromarray(tile.transpose(1, 2, 0)).save(out / f"{r}_{c}.jpg", quality=95, subsampling=0)
+        im = Image.fromarray(tile.transpose(1, 2, 0))
+        im.save(out / f"{r}_{c}.jpg", quality=95, subsampling=0)
 """
 
 
@@ -46,11 +47,26 @@ def main() -> None:
     scene = write_big_scene(args.work / f"scene_{args.size}.tif", args.size)
     mpx = args.size * args.size / 1e6
     py = sys.executable
-    res: dict[str, dict[str, list[float]]] = {"cloudcps tile": {"s": [], "mb": []},
-                                              "naive whole-scene read": {"s": [], "mb": []}}
+    res: dict[str, dict[str, list[float]]] = {
+        "cloudcps tile": {"s": [], "mb": []},
+        "naive whole-scene read": {"s": [], "mb": []},
+    }
     for _ in range(args.repeat):
-        s, mb = run_measured([py, "-m", "cloudcps.cli.main", "-q", "tile", str(scene), "--out",
-                              str(args.work / "tiles"), "--overwrite", "--stretch", "0:8000"])
+        s, mb = run_measured(
+            [
+                py,
+                "-m",
+                "cloudcps.cli.main",
+                "-q",
+                "tile",
+                str(scene),
+                "--out",
+                str(args.work / "tiles"),
+                "--overwrite",
+                "--stretch",
+                "0:8000",
+            ]
+        )
         res["cloudcps tile"]["s"].append(s)
         res["cloudcps tile"]["mb"].append(mb)
         s, mb = run_measured([py, "-c", NAIVE, str(scene), str(args.work / "naive"), "0", "8000"])
@@ -61,7 +77,9 @@ def main() -> None:
     print("| method | median s | Mpx/s | peak RSS MB (max) |")
     print("|---|---|---|---|")
     for name, r in res.items():
-        print(f"| {name} | {median(r['s']):.1f} | {mpx / median(r['s']):.1f} | {max(r['mb']):.0f} |")
+        print(
+            f"| {name} | {median(r['s']):.1f} | {mpx / median(r['s']):.1f} | {max(r['mb']):.0f} |"
+        )
     print(json.dumps(res))
 
 

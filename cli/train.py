@@ -1,11 +1,103 @@
-"""``cloudcps train``."""
+"""``cloudcps train``: Cross Pseudo Supervision (or the supervised baseline)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
+from .options import device_opt, overwrite_opt, quiet, user_errors
 
-@click.command()
-def train() -> None:
-    """Not yet available."""
-    raise click.ClickException("cloudcps train is not available yet")
+
+@click.command(short_help="Train two networks with CPS, or the supervised baseline.")
+@click.option("--data", type=click.Path(path_type=Path), help="A tile folder from cloudcps tile.")
+@click.option(
+    "--voc", type=click.Path(path_type=Path), help="PASCAL VOC 2012 root (devkit layout)."
+)
+@click.option(
+    "--voc-split", help="TorchSemiSeg split name such as 1-8, or a labelled-id list file."
+)
+@click.option("--val-split", help="Split list used for validation.  [default: val]")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Run folder.  [default: run]")
+@click.option("--mode", type=click.Choice(["cps", "supervised"]), help="[default: cps]")
+@click.option("--iters", type=int, help="Training iterations.  [default: 2000]")
+@click.option("--arch", help="smp architecture.  [default: deeplabv3plus]")
+@click.option("--encoder", help="smp encoder.  [default: tu-efficientnet_lite0]")
+@click.option(
+    "--encoder-weights",
+    help="imagenet (offline for tu-efficientnet_lite0), none, or a weights file.  "
+    "[default: imagenet]",
+)
+@click.option("--cps-weight", type=float, help="Weight lambda of the CPS term.  [default: 1.5]")
+@click.option(
+    "--pseudo-labels",
+    type=click.Choice(["plain", "threshold", "adaptive"]),
+    help="Which pseudo-labels the CPS term trains on.  [default: plain]",
+)
+@click.option(
+    "--threshold", type=float, help="Confidence bar of threshold/adaptive.  [default: 0.9]"
+)
+@click.option("--cutmix/--no-cutmix", default=None, help="CPS with CutMix on unlabelled images.")
+@click.option(
+    "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"
+)
+@click.option("--crop", type=int, help="Training crop side in pixels.  [default: 512]")
+@click.option("--lr", type=float, help="Learning rate.  [default: 0.01 x global batch / 8]")
+@click.option("--eval-every", type=int, help="Validate every N iterations.  [default: iters/10]")
+@click.option(
+    "--log-every", type=int, help="Write a metrics row every N iterations.  [default: 10]"
+)
+@click.option("--val-max", type=int, help="Validate on at most N images (0 = all).  [default: 0]")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), help="[default: auto]")
+@click.option("--workers", type=int, help="Data loader processes.  [default: 2]")
+@click.option("--seed", type=int, help="[default: 0]")
+@device_opt
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config.")
+@overwrite_opt
+@click.pass_context
+@user_errors
+def train(
+    ctx: click.Context,
+    /,
+    resume: bool,
+    config_file: Path | None,
+    overwrite: bool,
+    **options: object,
+) -> None:
+    """Train Cross Pseudo Supervision on a tile folder (or PASCAL VOC), or the supervised
+    baseline with --mode supervised. Writes RUN/best.pt (best validation mIoU), RUN/latest.pt,
+    RUN/metrics.jsonl and RUN/config.yaml. Options override --config, which overrides the
+    checkpoint's config when resuming. Runs under torchrun with DistributedDataParallel.
+
+    \b
+    $ cloudcps train --data tiles --out runs/cps --iters 2000
+    """
+    from cloudcps.cps import Trainer, resolve_config
+
+    overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    cfg, state = resolve_config(overrides, str(config_file) if config_file else None, resume)
+    try:
+        trainer = Trainer(cfg, resume_state=state, overwrite=overwrite, progress=not quiet(ctx))
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted; {Path(cfg.out) / 'latest.pt'} holds the last finished iteration: "
+            "continue with --resume",
+            err=True,
+        )
+        sys.exit(130)
+    if trainer.rt.main and not quiet(ctx):
+        click.echo(f"trained {cfg.mode} to iteration {result.iteration} in {result.out}")
+        if result.last_val is not None:
+            key = str(result.last_val["selected"])
+            ious = result.last_val[key]["iou"]
+            names = trainer.data.contract.classes
+            parts = ", ".join(
+                f"{n} {v:.3f}" if v is not None else f"{n} -"
+                for n, v in zip(names, ious, strict=True)
+            )
+            click.echo(f"last validation ({key}): mIoU {result.last_val[key]['miou']:.4f}; {parts}")
+        if result.best_miou is not None:
+            click.echo(f"best.pt: mIoU {result.best_miou:.4f} at iteration {result.best_iteration}")

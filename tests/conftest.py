@@ -56,43 +56,71 @@ def write_raster(
 SceneFactory = Callable[..., tuple[Path, Path]]
 
 
+def scene_pair(
+    root: Path,
+    name: str = "scene",
+    height: int = 300,
+    width: int = 340,
+    seed: int = 0,
+    bands: int = 4,
+    nodata_border: int = 0,
+    crs: str | None = "EPSG:32633",
+    x0: float = 500000.0,
+) -> tuple[Path, Path]:
+    """Write ``root/scenes/NAME.tif`` (4-band uint16) and ``root/labels/NAME.tif``.
+
+    The label is coded like L8 Biome (128 clear, 255 thick, 192 thin, 64 shadow) in bands of
+    rows, so every class is present, and the image is brighter where clouds are.
+    """
+    rng = np.random.default_rng(seed)
+    codes = np.full((height, width), 128, np.uint8)
+    codes[: height // 4] = 255
+    codes[height // 4 : height // 3] = 192
+    codes[height // 3 : height // 2, : width // 2] = 64
+    base = rng.integers(300, 1500, size=(bands, height, width)).astype(np.uint16)
+    base[:, codes == 255] += 5000
+    base[:, codes == 192] += 2000
+    base[:, codes == 64] //= 3
+    nodata = None
+    if nodata_border:
+        base[:, :nodata_border] = 0
+        base[:, :, :nodata_border] = 0
+        nodata = 0
+    tf = Affine(30.0, 0.0, x0, 0.0, -30.0, 5000000.0)
+    img = write_raster(root / "scenes" / f"{name}.tif", base, crs=crs, transform=tf, nodata=nodata)
+    lab = write_raster(root / "labels" / f"{name}.tif", codes, crs=crs, transform=tf)
+    return img, lab
+
+
 @pytest.fixture
 def make_scene(tmp_path: Path) -> SceneFactory:
-    """Write a 4-band uint16 scene and its L8-Biome-coded label raster; return both paths.
+    """Write a scene and its L8-Biome-coded label raster under tmp_path (see scene_pair)."""
 
-    The label is coded 128 clear, 255 thick, 192 thin, 64 shadow in bands of rows, so every
-    class is present, and the image is brighter where clouds are.
-    """
-
-    def factory(
-        name: str = "scene",
-        height: int = 300,
-        width: int = 340,
-        seed: int = 0,
-        bands: int = 4,
-        nodata_border: int = 0,
-        crs: str | None = "EPSG:32633",
-        x0: float = 500000.0,
-    ) -> tuple[Path, Path]:
-        rng = np.random.default_rng(seed)
-        codes = np.full((height, width), 128, np.uint8)
-        codes[: height // 4] = 255
-        codes[height // 4 : height // 3] = 192
-        codes[height // 3 : height // 2, : width // 2] = 64
-        base = rng.integers(300, 1500, size=(bands, height, width)).astype(np.uint16)
-        base[:, codes == 255] += 5000
-        base[:, codes == 192] += 2000
-        base[:, codes == 64] //= 3
-        nodata = None
-        if nodata_border:
-            base[:, :nodata_border] = 0
-            base[:, :, :nodata_border] = 0
-            nodata = 0
-        tf = Affine(30.0, 0.0, x0, 0.0, -30.0, 5000000.0)
-        img = write_raster(
-            tmp_path / "scenes" / f"{name}.tif", base, crs=crs, transform=tf, nodata=nodata
-        )
-        lab = write_raster(tmp_path / "labels" / f"{name}.tif", codes, crs=crs, transform=tf)
-        return img, lab
+    def factory(name: str = "scene", **kwargs: object) -> tuple[Path, Path]:
+        return scene_pair(tmp_path, name, **kwargs)  # type: ignore[arg-type]
 
     return factory
+
+
+L8_MAP = {128: 0, 255: 1, 192: 2, 64: 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small tile folder: 3 scenes of 128x128 in 64 px tiles, one scene held out for val."""
+    from cloudcps.tiling import TileOptions, tile_scenes
+
+    root = tmp_path_factory.mktemp("tiny")
+    scenes = [
+        scene_pair(root, f"s{i}", 128, 128, seed=i, x0=500000.0 + 1e4 * i)[0] for i in range(3)
+    ]
+    opts = TileOptions(
+        tile_size=64,
+        label_dirs=(root / "labels",),
+        label_map=L8_MAP,
+        labeled_fraction=0.5,
+        val=("s2",),
+        image_format="png",
+    )
+    tile_scenes(scenes, root / "tiles", opts)
+    return root / "tiles"

