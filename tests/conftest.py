@@ -124,3 +124,26 @@ def tiny_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     tile_scenes(scenes, root / "tiles", opts)
     return root / "tiles"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CPS run of 2 iterations on ``tiny_tiles`` with a small random encoder."""
+    from cloudcps.config import TrainConfig
+    from cloudcps.cps import Trainer
+
+    out = tmp_path_factory.mktemp("run") / "R"
+    cfg = TrainConfig(
+        data=str(tiny_tiles),
+        out=str(out),
+        iters=2,
+        eval_every=2,
+        encoder="resnet18",
+        encoder_weights="none",
+        crop=64,
+        batch_size=2,
+        device="cpu",
+        workers=0,
+    )
+    Trainer(cfg).fit()
+    return out

@@ -1,0 +1,621 @@
+"""Sliding-window prediction of whole scenes into georeferenced mask GeoTIFFs.
+
+The scene is read window by window on a regular grid of ``tile`` x ``tile`` windows that overlap
+by ``overlap`` pixels. Each window's softmax is multiplied by a smooth weight that is 0 in the outer
+quarter of the overlap and rises with a cosine ramp across its middle half; on the scene border
+the weight stays 1. The weights of neighbouring windows sum to exactly 1 everywhere (a partition
+of unity), so blending needs no normalising buffer and shows no seams, and window-edge pixels,
+whose context is cut off, never count where a neighbour sees them from inside.
+
+Memory is constant in the scene's height and nearly so in its width: the engine keeps the
+blended probabilities of one window (K x tile x tile), the overlap still owed to the next window
+in the row (K x tile x overlap) and the overlap still owed to the next row of windows
+(K x overlap x width), and writes every region the moment no later window can touch it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from cloudcps import __version__
+from cloudcps.errors import InputError
+from cloudcps.io import atomic_file, check_writable, open_raster, read_valid_mask
+from cloudcps.models import LoadedModel
+from cloudcps.tiling import GDAL_ENV, DataContract
+
+log = logging.getLogger(__name__)
+
+NODATA = 255
+# colours of the default classes: clear, thick cloud, thin cloud, cloud shadow
+DEFAULT_COLOURS: tuple[tuple[int, int, int, int], ...] = (
+    (46, 139, 87, 255),
+    (255, 255, 255, 255),
+    (135, 206, 250, 255),
+    (105, 75, 55, 255),
+)
+
+
+def class_colours(n: int) -> list[tuple[int, int, int, int]]:
+    """RGBA colours for ``n`` classes: the cloud palette for 4 classes, tab20 otherwise."""
+    if n <= len(DEFAULT_COLOURS):
+        return list(DEFAULT_COLOURS[:n])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return [tuple(int(255 * c) for c in cmap(i % 20)) for i in range(n)]  # type: ignore[misc]
+
+
+@dataclass
+class PredictOptions:
+    """Options of :func:`predict_scene`; ``None`` sizes come from the checkpoint's contract."""
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    tta: bool = False
+    probabilities: bool = False
+    buffer: int = 0
+    bands: tuple[int, ...] | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class PredictResult:
+    scene: Path
+    mask: Path | None
+    probabilities: Path | None
+    stats: Path | None
+    cover_percent: dict[str, float]
+    valid_pixels: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Window grid and blending weights
+# --------------------------------------------------------------------------------------------
+
+
+def axis_windows(length: int, tile: int, overlap: int) -> tuple[int, int, list[int]]:
+    """Window size, overlap and start offsets along one axis (regular grid; may pass the end)."""
+    size = min(tile, 32 * math.ceil(length / 32))
+    ov = min(overlap, size // 2)
+    stride = size - ov
+    n = 1 + max(0, math.ceil((length - size) / stride))
+    return size, ov, [i * stride for i in range(n)]
+
+
+def ramp(size: int, overlap: int, lead_border: bool, trail_border: bool) -> np.ndarray:
+    """1-D blending weight of a window; neighbours' weights sum to 1 (see the module docstring)."""
+    w = np.ones(size, dtype=np.float64)
+    if overlap <= 0:
+        return w.astype(np.float32)
+    margin = overlap // 4
+    width = max(overlap - 2 * margin, 1)
+    d = np.arange(size) + 0.5
+
+    def r(dist: np.ndarray) -> np.ndarray:
+        t = np.clip((dist - margin) / width, 0.0, 1.0)
+        return np.asarray(0.5 - 0.5 * np.cos(np.pi * t))
+
+    if not lead_border:
+        w *= r(d)
+    if not trail_border:
+        w *= r(size - d)
+    return w.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources and sinks
+# --------------------------------------------------------------------------------------------
+
+
+class Source(Protocol):
+    height: int
+    width: int
+
+    def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw data (C, h, w) and valid mask (h, w) of a window that may pass the edges."""
+        ...
+
+
+def _pad_window(
+    data: np.ndarray, valid: np.ndarray, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    dh, dw = h - data.shape[1], w - data.shape[2]
+    if dh == 0 and dw == 0:
+        return data, valid
+    ok = data.shape[1] > dh and data.shape[2] > dw
+    pad = ((0, 0), (0, dh), (0, dw))
+    data = np.pad(data, pad, mode="reflect") if ok else np.pad(data, pad, mode="edge")
+    valid = np.pad(valid, ((0, dh), (0, dw)), constant_values=False)
+    return data, valid
+
+
+class RasterSource:
+    """Windowed reads of the model's bands from an open rasterio dataset."""
+
+    def __init__(self, src: rasterio.DatasetReader, bands: Sequence[int]) -> None:
+        self.src, self.bands = src, list(bands)
+        self.height, self.width = src.height, src.width
+
+    def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        win = Window(col, row, min(w, self.width - col), min(h, self.height - row))
+        data = self.src.read(self.bands, window=win)
+        valid = read_valid_mask(self.src, self.bands, window=win)
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.all(np.isfinite(data), axis=0)
+            data = np.nan_to_num(data)
+        return _pad_window(data, valid, h, w)
+
+
+class ArraySource:
+    """A (C, H, W) array of raw scene values as a source."""
+
+    def __init__(self, array: np.ndarray, valid: np.ndarray | None = None) -> None:
+        if array.ndim != 3:
+            raise InputError(f"expected an array of shape (bands, H, W), got {array.shape}")
+        self.array = array
+        self.valid = np.ones(array.shape[1:], bool) if valid is None else valid.astype(bool)
+        self.height, self.width = array.shape[1:]
+
+    def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        data = self.array[:, row : row + h, col : col + w]
+        valid = self.valid[row : row + h, col : col + w]
+        return _pad_window(data, valid, h, w)
+
+
+class Sink(Protocol):
+    def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Receive final blended probabilities (K, h, w) of a region and its valid mask."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Runs a loaded model over sources window by window.
+
+    Args:
+        loaded: the model and its data contract (:func:`cloudcps.models.load_for_inference`).
+        device: where the model lives.
+        tile_size, overlap: window geometry (defaults: the contract's tile size, a quarter of it).
+        batch_size: windows per forward pass.
+        tta: average the softmax of the image and its horizontal and vertical flips.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: torch.device,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 4,
+        tta: bool = False,
+    ) -> None:
+        self.loaded = loaded
+        self.contract: DataContract = loaded.contract
+        self.model = loaded.model
+        self.device = device
+        self.tile = tile_size or self.contract.tile_size
+        if self.tile < 32 or self.tile % 32:
+            raise InputError(f"--tile-size {self.tile} must be a multiple of 32")
+        self.overlap = self.tile // 4 if overlap is None else overlap
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise InputError(
+                f"--overlap {self.overlap} must be between 0 and half of --tile-size ({self.tile})"
+            )
+        self.batch_size = max(1, batch_size)
+        self.tta = tta
+        self.amp = torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(self.contract.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.contract.std, device=device).view(1, 3, 1, 1)
+        self.k = self.contract.num_classes
+
+    def _to_input(self, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+        img = self.contract.stretch.apply(data)  # the tiler's 8-bit contract
+        img[:, ~valid] = 0
+        return torch.from_numpy(img)
+
+    @torch.no_grad()
+    def _infer(self, batch: list[torch.Tensor]) -> np.ndarray:
+        x = torch.stack(batch).to(self.device).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if self.tta else [()]
+        out = torch.zeros(0)
+        for dims in flips:
+            xi = torch.flip(x, dims) if dims else x
+            with torch.autocast(
+                self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+            ):
+                p = self.model(xi).float()  # the ensemble returns probabilities
+            p = torch.flip(p, dims) if dims else p
+            out = p if out.numel() == 0 else out + p
+        return (out / len(flips)).cpu().numpy()
+
+    def run(self, source: Source, sink: Sink, progress: bool = False) -> None:
+        """Predict ``source`` and hand every finished region to ``sink`` (see the module doc)."""
+        from tqdm import tqdm
+
+        H, W, K = source.height, source.width, self.k
+        th, oy, rows = axis_windows(H, self.tile, self.overlap)
+        tw, ox, cols = axis_windows(W, self.tile, self.overlap)
+        sy, sx = th - oy, tw - ox
+        wy = [ramp(th, oy, i == 0, i == len(rows) - 1) for i in range(len(rows))]
+        wx = [ramp(tw, ox, j == 0, j == len(cols) - 1) for j in range(len(cols))]
+        vcarry = np.zeros((K, oy, cols[-1] + tw), np.float32)  # owed to the next row of windows
+        bar = tqdm(total=len(rows) * len(cols), unit="win", desc="predict", disable=not progress)
+        try:
+            for i, r in enumerate(rows):
+                last_row = i == len(rows) - 1
+                hcarry = np.zeros((K, th, ox), np.float32)  # owed to the next window in the row
+                for batch in _chunks(list(enumerate(cols)), self.batch_size):
+                    tiles, valids = [], []
+                    for _, c in batch:
+                        data, valid = source.read(r, c, th, tw)
+                        tiles.append(self._to_input(data, valid))
+                        valids.append(valid)
+                    probs = self._infer(tiles)
+                    for (j, c), p, valid in zip(batch, probs, valids, strict=True):
+                        last_col = j == len(cols) - 1
+                        acc = p * (wy[i][:, None] * wx[j][None, :])[None]
+                        if ox:
+                            acc[:, :, :ox] += hcarry
+                            hcarry = acc[:, :, sx:].copy()
+                        ncols = tw if last_col else sx
+                        block = acc[:, :, :ncols]
+                        if oy:
+                            block[:, :oy] += vcarry[:, :, c : c + ncols]
+                            if not last_row:
+                                vcarry[:, :, c : c + ncols] = block[:, sy:]
+                        nrows = th if last_row else sy
+                        h, w = min(nrows, H - r), min(ncols, W - c)
+                        if h > 0 and w > 0:
+                            sink.write(r, c, block[:, :h, :w], valid[:h, :w])
+                        bar.update(1)
+        finally:
+            bar.close()
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+# --------------------------------------------------------------------------------------------
+# Sinks: arrays and GeoTIFFs
+# --------------------------------------------------------------------------------------------
+
+
+class ArraySink:
+    """Collects classes (and probabilities) into arrays."""
+
+    def __init__(self, height: int, width: int, k: int, keep_probs: bool = True) -> None:
+        self.classes = np.full((height, width), NODATA, np.uint8)
+        self.probs = np.zeros((k, height, width), np.float32) if keep_probs else None
+
+    def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        h, w = valid.shape
+        cls = probs.argmax(0).astype(np.uint8)
+        cls[~valid] = NODATA
+        self.classes[row : row + h, col : col + w] = cls
+        if self.probs is not None:
+            self.probs[:, row : row + h, col : col + w] = probs
+
+
+class RasterSink:
+    """Writes class ids (uint8, 255 nodata) and optionally probabilities to open GeoTIFFs."""
+
+    def __init__(self, mask: Any, probs: Any | None, k: int) -> None:
+        self.mask, self.probs = mask, probs
+        self.counts = np.zeros(k, np.int64)
+        self.k = k
+
+    def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        h, w = valid.shape
+        win = Window(col, row, w, h)
+        cls = probs.argmax(0).astype(np.uint8)
+        cls[~valid] = NODATA
+        self.mask.write(cls, 1, window=win)
+        self.counts += np.bincount(cls[valid], minlength=self.k)[: self.k]
+        if self.probs is not None:
+            q = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+            q[:, ~valid] = 0
+            self.probs.write(q, window=win)
+
+
+def buffer_classes(
+    classes: np.ndarray, radius: int, order: Sequence[int] = (1, 2, 3)
+) -> np.ndarray:
+    """Grow cloud and shadow classes by ``radius`` pixels into clear pixels (priority: ``order``).
+
+    Only clear (0) pixels change; nodata (255) stays nodata.
+    """
+    from skimage.morphology import dilation, disk
+
+    if radius <= 0:
+        return classes
+    out = classes.copy()
+    fp = disk(radius, decomposition="sequence")  # type: ignore[no-untyped-call]
+    for c in order:
+        grown = dilation((classes == c).astype(np.uint8), fp).astype(bool)
+        out[grown & (out == 0)] = c
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_bands(
+    contract: DataContract, count: int, path: Path, bands: Sequence[int] | None
+) -> list[int]:
+    """The 1-based R,G,B band numbers of ``path`` that feed the model."""
+    if bands is not None:
+        chosen = list(bands)[:3]
+    elif count >= max(contract.bands[:3]):
+        chosen = list(contract.bands[:3])
+    elif count == 3:
+        log.info("%s has 3 bands: reading them as R,G,B", path)
+        chosen = [1, 2, 3]
+    else:
+        names = ",".join(contract.band_names[: len(contract.bands)]).upper()
+        raise InputError(
+            f"scene {path} has {count} band(s); the model reads R,G,B from bands "
+            f"{','.join(map(str, contract.bands[:3]))} ({names} at "
+            f"{','.join(map(str, contract.bands))}): give a 4-band or RGB scene, or --bands R,G,B"
+        )
+    if max(chosen) > count:
+        raise InputError(f"--bands {','.join(map(str, chosen))}: {path} has only {count} band(s)")
+    return chosen
+
+
+def output_paths(scenes: Sequence[Path], out: Path) -> list[Path]:
+    """One mask per scene: ``out`` for one scene and a .tif name, else ``out/NAME_mask.tif``."""
+    if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        return [out]
+    if out.suffix.lower() in (".tif", ".tiff"):
+        raise InputError(
+            f"--out {out} names a file but {len(scenes)} scenes were given; give a folder"
+        )
+    names = [s.stem for s in scenes]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"several scenes are named {sorted(dup)[0]!r}; their masks would collide")
+    return [out / f"{s.stem}_mask.tif" for s in scenes]
+
+
+def _sidecars(mask: Path) -> tuple[Path, Path]:
+    stem = mask.name[: -len(mask.suffix)] if mask.suffix else mask.name
+    return mask.with_name(f"{stem}_proba.tif"), mask.with_name(f"{stem}.json")
+
+
+def predict_scene(
+    scene: str | os.PathLike[str],
+    loaded: LoadedModel,
+    out: str | os.PathLike[str],
+    options: PredictOptions | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> PredictResult:
+    """Predict one scene into a georeferenced mask GeoTIFF (plus probabilities and a JSON report).
+
+    The mask has the scene's CRS, transform, width and height; it is uint8 class ids, 255 where
+    the scene is nodata, tiled and deflate-compressed, with a colour table, the class names in its
+    tags and band description, and per-class cover percentages in its tags and in ``NAME.json``.
+    Everything is written under temporary names and renamed when complete.
+    """
+    opts = options or PredictOptions()
+    dev = device or torch.device("cpu")
+    scene_p, mask_p = Path(scene), Path(out)
+    proba_p, json_p = _sidecars(mask_p)
+    for p in [mask_p, json_p] + ([proba_p] if opts.probabilities else []):
+        check_writable(p, opts.overwrite)
+    t0 = time.perf_counter()
+    contract = loaded.contract
+    k = contract.num_classes
+    predictor = Predictor(loaded, dev, opts.tile_size, opts.overlap, opts.batch_size, opts.tta)
+    with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
+        bands = resolve_bands(contract, src.count, scene_p, opts.bands)
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "crs": src.crs,
+            "transform": src.transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
+        with (
+            atomic_file(mask_p, opts.overwrite) as tmp_mask,
+            atomic_file(json_p, opts.overwrite) as tmp_json,
+            _maybe_atomic(proba_p if opts.probabilities else None, opts.overwrite) as tmp_proba,
+        ):
+            raw_mask = tmp_mask.with_name(tmp_mask.name + ".raw") if opts.buffer else tmp_mask
+            try:
+                with rasterio.open(
+                    raw_mask, "w", count=1, dtype="uint8", nodata=NODATA, **profile
+                ) as dst:
+                    pdst = (
+                        rasterio.open(tmp_proba, "w", count=k, dtype="uint8", **profile)
+                        if tmp_proba is not None
+                        else None
+                    )
+                    try:
+                        sink = RasterSink(dst, pdst, k)
+                        predictor.run(RasterSource(src, bands), sink, progress)
+                        if pdst is not None:
+                            pdst.scales = [1 / 255.0] * k
+                            for i, name in enumerate(contract.classes):
+                                pdst.set_band_description(i + 1, f"p({name})")
+                            pdst.update_tags(
+                                CLASSES=",".join(contract.classes),
+                                SCALE="probability = value / 255",
+                            )
+                    finally:
+                        if pdst is not None:
+                            pdst.close()
+                counts = sink.counts
+                if opts.buffer:
+                    counts = _buffer_raster(raw_mask, tmp_mask, opts.buffer, k, profile)
+            finally:
+                if opts.buffer and raw_mask.exists():
+                    raw_mask.unlink()
+            valid_px = int(counts.sum())
+            cover = {
+                name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
+                for name, c in zip(contract.classes, counts, strict=True)
+            }
+            _finish_mask(tmp_mask, contract, cover, loaded, opts)
+            seconds = time.perf_counter() - t0
+            report = {
+                "scene": str(scene_p),
+                "mask": str(mask_p),
+                "probabilities": str(proba_p) if opts.probabilities else None,
+                "model": str(loaded.path),
+                "iteration": loaded.iteration,
+                "classes": list(contract.classes),
+                "cover_percent": cover,
+                "valid_pixels": valid_px,
+                "nodata_pixels": int(src.width * src.height - valid_px),
+                "crs": src.crs.to_string() if src.crs else None,
+                "transform": list(src.transform)[:6],
+                "width": src.width,
+                "height": src.height,
+                "bands": bands,
+                "tile_size": predictor.tile,
+                "overlap": predictor.overlap,
+                "tta": opts.tta,
+                "buffer": opts.buffer,
+                "seconds": round(seconds, 3),
+                "cloudcps_version": __version__,
+            }
+            tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+    return PredictResult(
+        scene=scene_p,
+        mask=mask_p,
+        probabilities=proba_p if opts.probabilities else None,
+        stats=json_p,
+        cover_percent=cover,
+        valid_pixels=valid_px,
+        seconds=seconds,
+    )
+
+
+class _maybe_atomic:
+    """``atomic_file`` when a path is given, else a context yielding ``None``."""
+
+    def __init__(self, path: Path | None, overwrite: bool) -> None:
+        self.cm = atomic_file(path, overwrite) if path is not None else None
+
+    def __enter__(self) -> Path | None:
+        return self.cm.__enter__() if self.cm is not None else None
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self.cm.__exit__(*exc) if self.cm is not None else None
+
+
+def _buffer_raster(
+    src_path: Path, dst_path: Path, radius: int, k: int, profile: dict[str, Any]
+) -> np.ndarray:
+    """Dilate cloud/shadow classes block by block, each block read with a halo of ``radius``."""
+    counts = np.zeros(k, np.int64)
+    block = 1024
+    with (
+        rasterio.open(src_path) as src,
+        rasterio.open(dst_path, "w", count=1, dtype="uint8", nodata=NODATA, **profile) as dst,
+    ):
+        for r in range(0, src.height, block):
+            for c in range(0, src.width, block):
+                r0, c0 = max(0, r - radius), max(0, c - radius)
+                r1 = min(src.height, r + block + radius)
+                c1 = min(src.width, c + block + radius)
+                data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                grown = buffer_classes(data, radius)
+                h, w = min(block, src.height - r), min(block, src.width - c)
+                core = grown[r - r0 : r - r0 + h, c - c0 : c - c0 + w]
+                dst.write(core, 1, window=Window(c, r, w, h))
+                counts += np.bincount(core[core != NODATA], minlength=k)[:k]
+    return counts
+
+
+def _finish_mask(
+    path: Path,
+    contract: DataContract,
+    cover: dict[str, float],
+    loaded: LoadedModel,
+    opts: PredictOptions,
+) -> None:
+    colours = class_colours(contract.num_classes)
+    cmap = {i: c for i, c in enumerate(colours)}
+    cmap[NODATA] = (0, 0, 0, 0)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, cmap)
+        dst.set_band_description(
+            1,
+            "class: "
+            + ", ".join(f"{i} {n}" for i, n in enumerate(contract.classes))
+            + f", {NODATA} nodata",
+        )
+        tags = {f"CLASS_{i}": n for i, n in enumerate(contract.classes)}
+        tags.update(
+            {f"COVER_PERCENT_{n.upper().replace(' ', '_')}": f"{v:.4f}" for n, v in cover.items()}
+        )
+        tags.update(
+            CLASSES=",".join(contract.classes),
+            NODATA_VALUE=str(NODATA),
+            MODEL=str(loaded.path),
+            MODEL_ITERATION=str(loaded.iteration),
+            BUFFER_PX=str(opts.buffer),
+            SOFTWARE=f"cloudcps {__version__}",
+        )
+        dst.update_tags(**tags)
+
+
+def predict_array(
+    array: np.ndarray,
+    loaded: LoadedModel,
+    valid: np.ndarray | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    tta: bool = False,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict a (bands, H, W) array of raw scene values (R,G,B[,NIR] as in the contract).
+
+    Returns:
+        Class ids (H, W) uint8 (255 where ``valid`` is False) and probabilities (K, H, W).
+    """
+    if array.ndim != 3 or array.shape[0] < 3:
+        raise InputError(f"expected an array of shape (bands>=3, H, W), got {array.shape}")
+    predictor = Predictor(
+        loaded, device or torch.device("cpu"), tile_size, overlap, batch_size, tta
+    )
+    sink = ArraySink(array.shape[1], array.shape[2], loaded.contract.num_classes)
+    predictor.run(ArraySource(array[:3], valid), sink)
+    assert sink.probs is not None
+    return sink.classes, sink.probs
