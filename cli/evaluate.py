@@ -1,11 +1,132 @@
-"""``cloudcps evaluate``."""
+"""``cloudcps evaluate``: scores, confusion matrices, reports and plots."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from cloudcps.tiling import parse_label_map
 
-@click.command()
-def evaluate() -> None:
-    """Not yet available."""
-    raise click.ClickException("cloudcps evaluate is not available yet")
+from .options import converter, device_opt, overwrite_opt, quiet, user_errors
+
+
+@click.command(short_help="Score models on tiles, or masks against reference rasters.")
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Run folder or checkpoint (repeatable: models side by side).",
+)
+@click.option("--data", type=click.Path(path_type=Path), help="Tile folder to score --model on.")
+@click.option("--split", default="val", show_default=True, help="Split list of --data.")
+@click.option(
+    "--pred",
+    "preds",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Mask raster (repeatable, paired in order with --ref) or a folder.",
+)
+@click.option(
+    "--ref",
+    "refs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Reference raster (repeatable) or a folder matched by file name.",
+)
+@click.option(
+    "--label-map",
+    default=None,
+    callback=converter(parse_label_map),
+    help="Reference codes to class ids, e.g. 128:0,255:1,192:2,64:3.",
+)
+@click.option(
+    "--merge",
+    multiple=True,
+    help="Fold classes SRC[,SRC...]:DST, e.g. --merge 1,2:1 --merge 3:0 (repeatable).",
+)
+@click.option(
+    "--align",
+    is_flag=True,
+    help="Resample predictions onto the reference grid (nearest) instead of failing.",
+)
+@click.option("--samples", default=4, show_default=True, type=int, help="Panels in samples.png.")
+@device_opt
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@overwrite_opt
+@click.pass_context
+@user_errors
+def evaluate(
+    ctx: click.Context,
+    /,
+    models: tuple[Path, ...],
+    data: Path | None,
+    split: str,
+    preds: tuple[Path, ...],
+    refs: tuple[Path, ...],
+    label_map: dict[int, int] | None,
+    merge: tuple[str, ...],
+    align: bool,
+    samples: int,
+    device: str | None,
+    out: Path,
+    overwrite: bool,
+) -> None:
+    """Score one or more models on a tile folder's split (--model ... --data DIR), or mask
+    rasters against references (--pred MASK.tif --ref LABEL.tif, or two folders). Writes
+    report.json (confusion matrix, per-class IoU, F1, precision, recall, mIoU, pixel accuracy),
+    report.md, confusion.png (row-normalised) and samples.png. Ignore (255) and nodata pixels
+    are excluded.
+
+    \b
+    $ cloudcps evaluate --model runs/sup --model runs/cps --data tiles --out report
+    $ cloudcps evaluate --pred masks --ref labels --merge 1,2:1 --merge 3:0 --out report
+    """
+    from cloudcps.errors import InputError
+    from cloudcps.evaluate import (
+        evaluate_models_on_tiles,
+        evaluate_rasters,
+        match_pairs,
+        model_names,
+        parse_merge,
+        write_report,
+    )
+    from cloudcps.io import check_writable
+
+    try:
+        folds = parse_merge(merge)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--merge") from None
+    check_writable(out, overwrite)
+    if models and (preds or refs):
+        raise InputError("give either --model with --data, or --pred with --ref, not both")
+    if models:
+        if data is None:
+            raise InputError("--model needs --data (a tile folder) to score on")
+        from cloudcps.cps import pick_device
+        from cloudcps.models import load_for_inference
+
+        dev = pick_device(device or "auto")
+        loaded = [
+            (n, load_for_inference(m, device=dev))
+            for n, m in zip(model_names(models), models, strict=True)
+        ]
+        ev = evaluate_models_on_tiles(
+            loaded, data, split, folds or None, dev, samples, not quiet(ctx)
+        )
+    elif preds or refs:
+        ev = evaluate_rasters(match_pairs(preds, refs), label_map, folds or None, align, samples)
+    else:
+        raise InputError("nothing to evaluate: give --model and --data, or --pred and --ref")
+    report = write_report(ev, out, overwrite)
+    if quiet(ctx):
+        return
+    click.echo(f"{ev.source} -> {out}/report.md")
+    for name, r in report["results"].items():
+        parts = ", ".join(
+            f"{c} {100 * v:.1f}" if v is not None else f"{c} -"
+            for c, v in zip(ev.classes, r["iou"], strict=True)
+        )
+        click.echo(f"{name}: mIoU {100 * (r['miou'] or 0):.1f}%; IoU % {parts}")
