@@ -75,14 +75,23 @@ def write_big_scene(path: Path, size: int, seed: int = 0, nodata_border: int = 0
     return path
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, peak RSS of the child in MB)."""
+def run_measured(
+    cmd: list[str], env: dict[str, str] | None = None, allow_failure: bool = False
+) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS of the child in MB).
+
+    With ``allow_failure`` a failed command (e.g. killed for memory) gives wall = NaN.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        if not allow_failure:
+            raise SystemExit(f"command failed ({code}): {' '.join(cmd)}")
+        print(f"command failed with exit code {code}: {' '.join(cmd[:4])} ...", flush=True)
+        return float("nan"), usage.ru_maxrss / 1024.0
     return wall, usage.ru_maxrss / 1024.0
 
 

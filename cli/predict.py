@@ -29,7 +29,7 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
 )
 @click.option("--tile-size", type=int, help="Window side in px.  [default: the model's tile size]")
 @click.option("--overlap", type=int, help="Window overlap in px.  [default: tile size / 4]")
-@click.option("--batch-size", default=4, show_default=True, type=int, help="Windows per pass.")
+@click.option("--batch-size", type=int, help="Windows per pass.  [default: 4 on CUDA, 1 on CPU]")
 @device_opt
 @click.option("--tta", is_flag=True, help="Average over horizontal and vertical flips.")
 @click.option(
@@ -68,7 +68,7 @@ def predict(
     out: Path,
     tile_size: int | None,
     overlap: int | None,
-    batch_size: int,
+    batch_size: int | None,
     device: str | None,
     tta: bool,
     nets: str,

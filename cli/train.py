@@ -31,6 +31,11 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 )
 @click.option("--cps-weight", type=float, help="Weight lambda of the CPS term.  [default: 1.5]")
 @click.option(
+    "--cps-rampup",
+    type=float,
+    help="Share of the run over which lambda ramps up from 0.  [default: 0]",
+)
+@click.option(
     "--pseudo-labels",
     type=click.Choice(["plain", "threshold", "adaptive"]),
     help="Which pseudo-labels the CPS term trains on.  [default: plain]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -39,6 +40,7 @@ class TrainConfig:
     encoder: str = "tu-efficientnet_lite0"
     encoder_weights: str = "imagenet"
     cps_weight: float = 1.5
+    cps_rampup: float = 0.0
     pseudo_labels: Policy = "plain"
     threshold: float = 0.9
     cutmix: bool = False
@@ -71,6 +73,7 @@ class TrainConfig:
                 f"--crop {self.crop} must be a multiple of 32",
             ),
             (self.cps_weight >= 0, f"--cps-weight {self.cps_weight} must be >= 0"),
+            (0 <= self.cps_rampup <= 1, f"--cps-rampup {self.cps_rampup} must be in [0, 1]"),
             (0 < self.threshold < 1, f"--threshold {self.threshold} must be in (0, 1)"),
             (0 < self.scale_min <= self.scale_max, "scale_min must be > 0 and <= scale_max"),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be > 0"),
@@ -83,6 +86,14 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         return 0.01 * self.batch_size * world_size / 8
+
+    def cps_weight_at(self, it: int) -> float:
+        """lambda at iteration ``it``: ramped up as exp(-5 (1 - t)^2) over ``cps_rampup`` of the
+        run (the consistency ramp-up of mean teachers), then constant."""
+        if self.cps_rampup <= 0:
+            return self.cps_weight
+        t = min(1.0, it / max(1.0, self.cps_rampup * self.iters))
+        return self.cps_weight * math.exp(-5.0 * (1.0 - t) ** 2)
 
     def resolved_eval_every(self) -> int:
         return self.eval_every if self.eval_every > 0 else max(1, self.iters // 10)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -531,7 +530,8 @@ class Trainer:
             stats["kept"] = class_counts(kept_t.target[part].cpu(), self.k)
             stats["valid_u"] = float(raw_t.valid[part].sum())
 
-        loss = loss_x + self.cfg.cps_weight * loss_u
+        cps_weight = self.cfg.cps_weight_at(self.iteration)
+        loss = loss_x + cps_weight * loss_u
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=dev)
         if self.rt.distributed:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -544,6 +544,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         stats.update(
+            cps_weight=cps_weight,
             loss=float(loss.detach()),
             loss_sup=float(loss_x.detach()),
             loss_cps=float(loss_u.detach()),
@@ -710,7 +711,13 @@ class _Accumulator:
     def __init__(self, k: int) -> None:
         self.k = k
         self.n = 0
-        self.sums = {"loss": 0.0, "loss_sup": 0.0, "loss_cps": 0.0, "seconds": 0.0}
+        self.sums = {
+            "loss": 0.0,
+            "loss_sup": 0.0,
+            "loss_cps": 0.0,
+            "cps_weight": 0.0,
+            "seconds": 0.0,
+        }
         self.counts = {
             "labeled": torch.zeros(k, dtype=torch.float64),
             "pseudo": torch.zeros(k, dtype=torch.float64),
@@ -722,6 +729,7 @@ class _Accumulator:
         self.n += 1
         for key in ("loss", "loss_sup", "loss_cps"):
             self.sums[key] += float(stats[key])
+        self.sums["cps_weight"] += float(stats.get("cps_weight", 0.0))
         self.sums["seconds"] += seconds
         for key in self.counts:
             if key in stats:
@@ -742,6 +750,4 @@ class _Accumulator:
             # kept share: of all valid unlabelled pixels, those kept with each class
             row["kept_share"] = share(self.counts["kept"], self.valid_u)
         row["classes"] = list(classes)
-        if any(math.isnan(v) for v in (row["loss"],)):
-            row["loss"] = None
         return row

@@ -61,7 +61,7 @@ class Item:
 
 
 def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+    t = torch.from_numpy(np.array(img.transpose(2, 0, 1), dtype=np.float32)).div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (t - m) / s
@@ -160,8 +160,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             image, mask, valid = augment(image, mask, valid, self.augment_cfg, seed)
         return {
             "image": _normalise(image, self.mean, self.std),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "valid": torch.from_numpy(np.ascontiguousarray(valid)),
+            "mask": torch.from_numpy(np.array(mask, dtype=np.int64)),
+            "valid": torch.from_numpy(np.array(valid, dtype=bool)),
             "id": self.items[i].id,
         }
 

@@ -64,7 +64,7 @@ class PredictOptions:
 
     tile_size: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     tta: bool = False
     probabilities: bool = False
     buffer: int = 0
@@ -196,7 +196,8 @@ class Predictor:
         loaded: the model and its data contract (:func:`cloudcps.models.load_for_inference`).
         device: where the model lives.
         tile_size, overlap: window geometry (defaults: the contract's tile size, a quarter of it).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (default 4 on CUDA, 1 on CPU, where batching only
+            costs memory).
         tta: average the softmax of the image and its horizontal and vertical flips.
     """
 
@@ -206,7 +207,7 @@ class Predictor:
         device: torch.device,
         tile_size: int | None = None,
         overlap: int | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         tta: bool = False,
     ) -> None:
         self.loaded = loaded
@@ -221,7 +222,7 @@ class Predictor:
             raise InputError(
                 f"--overlap {self.overlap} must be between 0 and half of --tile-size ({self.tile})"
             )
-        self.batch_size = max(1, batch_size)
+        self.batch_size = max(1, batch_size or (4 if device.type == "cuda" else 1))
         self.tta = tta
         self.amp = torch.bfloat16 if device.type == "cuda" else None
         if device.type == "cuda":
@@ -235,7 +236,7 @@ class Predictor:
         img[:, ~valid] = 0
         return torch.from_numpy(img)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _infer(self, batch: list[torch.Tensor]) -> np.ndarray:
         x = torch.stack(batch).to(self.device).float().div_(255.0)
         x = (x - self.mean) / self.std
@@ -601,7 +602,7 @@ def predict_array(
     valid: np.ndarray | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     tta: bool = False,
     device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
