@@ -41,7 +41,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "cps+threshold": {"mode": "cps", "pseudo_labels": "threshold", "cutmix": False},
     "cps+adaptive": {"mode": "cps", "pseudo_labels": "adaptive", "cutmix": False},
     "cps+adaptive+cutmix": {"mode": "cps", "pseudo_labels": "adaptive", "cutmix": True},
-    "default": {},  # whatever `cloudcps train` does without options
+    "cps+adaptive λ=0.5": {"mode": "cps", "pseudo_labels": "adaptive", "cps_weight": 0.5},
+    "default": {},  # whatever `cloudcps train` does without options (= cps+adaptive)
 }
 
 SETTINGS: dict[str, dict[str, Any]] = {

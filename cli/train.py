@@ -38,12 +38,17 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 @click.option(
     "--pseudo-labels",
     type=click.Choice(["plain", "threshold", "adaptive"]),
-    help="Which pseudo-labels the CPS term trains on.  [default: plain]",
+    help="Which pseudo-labels the CPS term trains on.  [default: adaptive]",
 )
 @click.option(
     "--threshold", type=float, help="Confidence bar of threshold/adaptive.  [default: 0.9]"
 )
 @click.option("--cutmix/--no-cutmix", default=None, help="CPS with CutMix on unlabelled images.")
+@click.option(
+    "--trust-labels/--no-trust-labels",
+    default=None,
+    help="On labelled images the CPS term uses the labels, not pseudo-labels.",
+)
 @click.option(
     "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"
 )

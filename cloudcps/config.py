@@ -41,9 +41,10 @@ class TrainConfig:
     encoder_weights: str = "imagenet"
     cps_weight: float = 1.5
     cps_rampup: float = 0.0
-    pseudo_labels: Policy = "plain"
+    pseudo_labels: Policy = "adaptive"
     threshold: float = 0.9
     cutmix: bool = False
+    trust_labels: bool = False
     batch_size: int = 8
     crop: int = 512
     scale_min: float = 0.5

@@ -508,27 +508,28 @@ class Trainer:
                     prob2_u = mix(self._forward(net2, img_u).float().softmax(1))
                 inputs = torch.cat([img_x, img_mix])
                 pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
+                self.policy.update((prob1_u + prob2_u) / 2, valid_mix)
                 t_for_1 = self.policy.targets(prob2_u, valid_mix)
                 t_for_2 = self.policy.targets(prob1_u, valid_mix)
                 loss_u = t_for_1.loss(pred1[bx:]) + t_for_2.loss(pred2[bx:])
-                self.policy.update((prob1_u + prob2_u) / 2, valid_mix)
-                kept_t, raw_t = t_for_1, t_for_1
             else:
                 inputs = torch.cat([img_x, img_u])
                 valid = torch.cat([valid_x, valid_u])
                 pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
                 prob1, prob2 = pred1.detach().float().softmax(1), pred2.detach().float().softmax(1)
+                self.policy.update(((prob1 + prob2) / 2)[bx:], valid_u)
                 t_for_1 = self.policy.targets(prob2, valid)
                 t_for_2 = self.policy.targets(prob1, valid)
+                if self.cfg.trust_labels:
+                    t_for_1, t_for_2 = t_for_1.trust_labels(mask_x), t_for_2.trust_labels(mask_x)
                 loss_u = t_for_1.loss(pred1) + t_for_2.loss(pred2)
-                self.policy.update(((prob1 + prob2) / 2)[bx:], valid_u)
-                kept_t, raw_t = t_for_1, t_for_1
             loss_x = supervised_loss(pred1[:bx], mask_x) + supervised_loss(pred2[:bx], mask_x)
-            n_u = raw_t.raw.shape[0]
-            part = slice(n_u - img_u.shape[0], n_u)  # statistics on the unlabelled images only
-            stats["pseudo"] = class_counts(raw_t.raw[part].cpu(), self.k)
-            stats["kept"] = class_counts(kept_t.target[part].cpu(), self.k)
-            stats["valid_u"] = float(raw_t.valid[part].sum())
+            # statistics on the unlabelled images only (the pseudo-labels net 1 learns from)
+            n_u = t_for_1.raw.shape[0]
+            part = slice(n_u - img_u.shape[0], n_u)
+            stats["pseudo"] = class_counts(t_for_1.raw[part].cpu(), self.k)
+            stats["kept"] = class_counts(t_for_1.target[part].cpu(), self.k)
+            stats["valid_u"] = float(t_for_1.valid[part].sum())
 
         cps_weight = self.cfg.cps_weight_at(self.iteration)
         loss = loss_x + cps_weight * loss_u

@@ -10,13 +10,13 @@ on:
 ``threshold``
     as plain, but pixels whose confidence is under ``threshold`` are ignored.
 ``adaptive``
-    per-class, self-adjusting: the other network's probabilities are first aligned to the class
-    distribution of the labelled data (distribution alignment: each class's probability is scaled
-    by its labelled share over its running predicted share), then a pixel is kept only if its
-    aligned confidence reaches its class's threshold, which is ``threshold`` scaled by how
-    confident the networks are on that class relative to the most confident one (class-wise
-    adaptive thresholds). A class the networks are unsure of thus gets a lower bar and a fair
-    share of pseudo-labels instead of being overwritten by a confident wrong class.
+    class-wise thresholds that follow the class distribution, in the spirit of class-wise adaptive
+    thresholds (FlexMatch, FreeMatch) and distribution-aligned pseudo-labels (DARS): class ``c``'s
+    threshold is the probability that its likeliest ``q_c`` of the unlabelled pixels reach,
+    ``q_c`` being the class's labelled share, measured as training goes. A pixel is labelled
+    ``c`` only where ``c`` alone clears its threshold; where a weak class clears its (low) bar
+    beside a confident class, or nothing clears, the pixel is ignored instead of being pushed
+    toward the confident, possibly wrong, class.
 
 The CPS loss of kept pixels is normalised by *all* valid pixels, so ignoring a pixel removes its
 vote rather than re-weighting the rest.
@@ -52,6 +52,14 @@ class PseudoTargets:
     raw: torch.Tensor
     valid: torch.Tensor
 
+    def trust_labels(self, mask: torch.Tensor) -> PseudoTargets:
+        """Use the ground truth instead of pseudo-labels on the first ``len(mask)`` images, where
+        it exists: a network is never taught against a label."""
+        n = mask.shape[0]
+        target = self.target.clone()
+        target[:n] = torch.where(mask != IGNORE_INDEX, mask, target[:n])
+        return PseudoTargets(target, self.denominator, self.raw, self.valid)
+
     def loss(self, logits: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``logits`` against the kept pseudo-labels, over all valid pixels."""
         return pixel_cross_entropy(logits, self.target).sum() / self.denominator
@@ -76,21 +84,18 @@ class PseudoLabelPolicy:
     def observe_labeled(self, mask: torch.Tensor) -> None:
         """See the labels of a labelled batch (for policies that track class shares)."""
 
-    def keep(self, probs: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-        """Which pixels keep their pseudo-label (bool, B x H x W)."""
-        return torch.ones_like(pseudo, dtype=torch.bool)
-
-    def align(self, probs: torch.Tensor) -> torch.Tensor:
-        return probs
+    def select(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pseudo-label of every pixel and whether it is kept (both B x H x W)."""
+        pseudo = probs.argmax(1)
+        return pseudo, torch.ones_like(pseudo, dtype=torch.bool)
 
     def targets(self, probs: torch.Tensor, valid: torch.Tensor) -> PseudoTargets:
         """Pseudo-labels from the other network's softmax ``probs`` (B, K, H, W), no gradient."""
         with torch.no_grad():
             probs = probs.detach().float()
             raw = probs.argmax(1)
-            aligned = self.align(probs)
-            pseudo = aligned.argmax(1)
-            kept = self.keep(aligned, pseudo) & valid
+            pseudo, kept = self.select(probs)
+            kept = kept & valid
             target = torch.where(kept, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
             raw = torch.where(valid, raw, torch.full_like(raw, IGNORE_INDEX))
             denom = valid.sum().clamp_min(1).float()
@@ -111,93 +116,79 @@ class ThresholdPolicy(PseudoLabelPolicy):
 
     name = "threshold"
 
-    def keep(self, probs: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-        return probs.max(1).values >= self.threshold
+    def select(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conf, pseudo = probs.max(1)
+        return pseudo, conf >= self.threshold
 
 
 class AdaptivePolicy(PseudoLabelPolicy):
-    """Distribution alignment plus class-wise adaptive thresholds (see the module docstring).
+    """Class-wise thresholds aligned to the labelled class distribution (see the module doc).
+
+    For each class ``c`` the threshold ``t_c`` is the ``1 - q_c`` quantile of the class-``c``
+    probability over recent unlabelled pixels, where ``q_c`` is the class's share of the labelled
+    pixels: about ``q_c`` of the pixels are at least that class-``c``-like. A pixel is
+    pseudo-labelled ``c`` only if ``c`` is the one class whose probability clears its threshold;
+    pixels that clear none, or several, are ignored. A weak class the networks are unsure of
+    (never the argmax) still gets its likeliest pixels; where it competes with a confident class,
+    the pixel is left alone instead of being taught as the confident class. Thresholds are
+    bounded to ``[floor, threshold]``: no class needs more than ``threshold`` confidence, and none
+    is taken below ``floor`` (half the uniform probability), so noise never becomes a label.
 
     Args:
         num_classes: K.
-        threshold: the bar for the most confident class.
-        momentum: EMA momentum of the running statistics.
-        max_ratio: bound on the distribution-alignment factor per class.
-        min_scale: lowest fraction of ``threshold`` a class threshold may fall to.
+        threshold: upper bound of every class threshold.
+        momentum: EMA momentum of the running statistics (per iteration).
     """
 
     name = "adaptive"
 
-    def __init__(
-        self,
-        num_classes: int,
-        threshold: float = 0.9,
-        momentum: float = 0.99,
-        max_ratio: float = 4.0,
-        min_scale: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int, threshold: float = 0.9, momentum: float = 0.9) -> None:
         super().__init__(num_classes, threshold)
         self.momentum = momentum
-        self.max_ratio = max_ratio
-        self.min_scale = min_scale
+        self.floor = 0.5 / num_classes
         k = num_classes
         self.labeled_share = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        self.pred_share = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        self.confidence = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        self.thresholds = torch.full((k,), threshold, dtype=torch.float64)
         self.seen = torch.zeros((), dtype=torch.float64)
-
-    def _ema(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        m = self.momentum if self.seen > 0 else 0.0
-        return m * old + (1 - m) * new
+        self.seen_labeled = torch.zeros((), dtype=torch.float64)
 
     def observe_labeled(self, mask: torch.Tensor) -> None:
         counts = class_counts(mask.cpu(), self.num_classes)
         if counts.sum() > 0:
-            m = self.momentum if self.seen > 0 else 0.0
+            m = self.momentum if self.seen_labeled > 0 else 0.0
             self.labeled_share = m * self.labeled_share + (1 - m) * counts / counts.sum()
+            self.seen_labeled += 1
 
-    def ratio(self) -> torch.Tensor:
-        r = self.labeled_share.clamp_min(1e-6) / self.pred_share.clamp_min(1e-6)
-        return r.clamp(1.0 / self.max_ratio, self.max_ratio)
-
-    def class_thresholds(self) -> torch.Tensor:
-        scale = self.confidence / self.confidence.max().clamp_min(1e-6)
-        return self.threshold * scale.clamp(self.min_scale, 1.0)
-
-    def align(self, probs: torch.Tensor) -> torch.Tensor:
-        r = self.ratio().to(probs.device, probs.dtype).view(1, -1, 1, 1)
-        aligned = probs * r
-        return aligned / aligned.sum(1, keepdim=True).clamp_min(1e-12)
-
-    def keep(self, probs: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-        tau = self.class_thresholds().to(probs.device, probs.dtype)[pseudo]
-        return probs.max(1).values >= tau
+    def select(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.thresholds.to(probs.device, probs.dtype).view(1, -1, 1, 1)
+        passed = probs >= t
+        pseudo = (probs / t).argmax(1)
+        return pseudo, passed.sum(1) == 1
 
     def update(self, probs: torch.Tensor, valid: torch.Tensor) -> None:
         with torch.no_grad():
-            p = probs.detach().float().permute(0, 2, 3, 1)[valid].double().cpu()  # (N, K)
+            p = probs.detach().float().permute(0, 2, 3, 1)[valid]  # (N, K)
             if p.shape[0] == 0:
                 return
-            share = p.mean(0)
-            conf, cls = p.max(1)
-            sums = torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, cls, conf)
-            counts = torch.bincount(cls, minlength=self.num_classes).double()
-            # classes not predicted in this batch keep their running confidence
-            mean_conf = torch.where(counts > 0, sums / counts.clamp_min(1), self.confidence)
-            self.pred_share = self._ema(self.pred_share, share)
-            self.confidence = self._ema(self.confidence, mean_conf)
+            if p.shape[0] > 200_000:  # quantiles of a fixed-stride subsample are enough
+                p = p[:: p.shape[0] // 200_000 + 1]
+            q = (1.0 - self.labeled_share).clamp(0.0, 1.0).to(p.device, p.dtype)
+            t = torch.stack([torch.quantile(p[:, c], q[c]) for c in range(self.num_classes)])
+            t = t.double().cpu().clamp(self.floor, self.threshold)
+            m = self.momentum if self.seen > 0 else 0.0
+            self.thresholds = m * self.thresholds + (1 - m) * t
             self.seen += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             "labeled_share": self.labeled_share.clone(),
-            "pred_share": self.pred_share.clone(),
-            "confidence": self.confidence.clone(),
+            "thresholds": self.thresholds.clone(),
             "seen": self.seen.clone(),
+            "seen_labeled": self.seen_labeled.clone(),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for key in ("labeled_share", "pred_share", "confidence", "seen"):
+        for key in ("labeled_share", "thresholds", "seen", "seen_labeled"):
             if key in state:
                 setattr(self, key, state[key].to(torch.float64).cpu())
 

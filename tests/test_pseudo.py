@@ -35,40 +35,61 @@ def test_threshold_ignores_unsure_pixels_but_counts_them() -> None:
     assert t.raw.tolist() == [[[0, 0, 1]]]  # before the policy: what the network believes
 
 
-def test_adaptive_aligns_to_the_labelled_distribution() -> None:
-    pol = AdaptivePolicy(2, threshold=0.9)
-    pol.labeled_share = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    pol.pred_share = torch.tensor([0.8, 0.2], dtype=torch.float64)  # class 1 under-predicted
-    pol.confidence = torch.tensor([0.9, 0.45], dtype=torch.float64)  # and less sure
-    pol.seen += 1
-    assert pol.ratio().tolist() == pytest.approx([0.625, 2.5])
-    assert pol.class_thresholds().tolist() == pytest.approx([0.9, 0.45])
-    p = _probs([[0.7, 0.3], [0.97, 0.03], [0.85, 0.15]])
-    t = pol.targets(p, torch.ones(1, 1, 3, dtype=torch.bool))
-    # pixel 0: aligned (0.4375, 0.75) -> class 1 at 0.632 >= 0.45: kept as the weak class
-    # pixel 1: aligned (0.606, 0.075) -> class 0 at 0.89 < 0.9: ignored
-    # pixel 2: aligned (0.531, 0.375) -> class 0 at 0.586 < 0.9: ignored, not forced to clear
-    assert t.target.tolist() == [[[1, 255, 255]]]
-    assert t.raw.tolist() == [[[0, 0, 0]]]
+def test_adaptive_thresholds_follow_the_labelled_shares() -> None:
+    pol = AdaptivePolicy(2, threshold=0.9, momentum=0.5)
+    pol.observe_labeled(torch.tensor([[0, 0, 0, 1]]))  # class 1 is 25 % of labelled pixels
+    assert pol.labeled_share.tolist() == pytest.approx([0.75, 0.25])
+    # 8 unlabelled pixels; the network never gives class 1 more than 0.45
+    p1 = [0.05, 0.10, 0.15, 0.20, 0.30, 0.35, 0.40, 0.45]
+    probs = _probs([[1 - v, v] for v in p1])
+    valid = torch.ones(1, 1, 8, dtype=torch.bool)
+    pol.update(probs, valid)
+    t_expected = [
+        torch.quantile(torch.tensor([1 - v for v in p1]), 0.25).item(),
+        torch.quantile(torch.tensor(p1), 0.75).item(),
+    ]
+    assert pol.thresholds.tolist() == pytest.approx(t_expected)  # 0.6375 and 0.3625
+    t = pol.targets(probs, valid)
+    # class 1 is never the argmax, yet on its 2 likeliest pixels (its 25 %) it is the only class
+    # that clears its bar: they become class 1 instead of being taught as class 0
+    assert t.target.tolist() == [[[0, 0, 0, 0, 0, 0, 1, 1]]]
+    assert t.raw.tolist() == [[[0] * 8]]
+    # the EMA moves thresholds part of the way; bounds hold
+    pol.update(_probs([[0.999, 0.001]] * 8), valid)
+    assert pol.thresholds[0].item() == pytest.approx(0.5 * t_expected[0] + 0.5 * 0.9)
+    assert pol.thresholds[1].item() == pytest.approx(0.5 * t_expected[1] + 0.5 * pol.floor)
+    fresh = AdaptivePolicy(2)
+    fresh.load_state_dict(pol.state_dict())
+    assert torch.equal(fresh.thresholds, pol.thresholds)
 
 
-def test_adaptive_bounds_and_running_statistics() -> None:
-    pol = AdaptivePolicy(3, threshold=0.9, momentum=0.5, max_ratio=4.0, min_scale=0.5)
-    pol.observe_labeled(torch.tensor([[0, 0, 1, 2]]))
-    assert pol.labeled_share.tolist() == pytest.approx([0.5, 0.25, 0.25])
-    p = _probs([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]])
-    pol.update(p, torch.ones(1, 1, 2, dtype=torch.bool))
-    # first update replaces the initial guess: predicted share = mean probability
-    assert pol.pred_share.tolist() == pytest.approx([0.85, 0.15, 0.0])
-    assert pol.confidence[0].item() == pytest.approx(0.85)
-    assert pol.ratio()[2].item() == pytest.approx(4.0)  # bounded although class 2 is never seen
-    pol.update(_probs([[0.1, 0.9, 0.0]]), torch.ones(1, 1, 1, dtype=torch.bool))
-    assert pol.pred_share[1].item() == pytest.approx(0.5 * 0.15 + 0.5 * 0.9)
-    assert min(pol.class_thresholds().tolist()) >= 0.45
-    state = pol.state_dict()
-    fresh = AdaptivePolicy(3)
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.pred_share, pol.pred_share)
+def test_adaptive_keeps_a_pixel_only_when_one_class_clears_its_bar() -> None:
+    pol = AdaptivePolicy(3)
+    pol.thresholds = torch.tensor([0.9, 0.4, 0.5], dtype=torch.float64)
+    rows = [
+        [0.95, 0.03, 0.02],
+        [0.7, 0.28, 0.02],
+        [0.3, 0.45, 0.25],
+        [0.3, 0.2, 0.5],
+        [0.05, 0.45, 0.5],
+    ]
+    t = pol.targets(_probs(rows), torch.ones(1, 1, 5, dtype=torch.bool))
+    # 0.95 >= 0.9 -> class 0; nothing clears its bar -> ignored, not pushed toward the confident
+    # class; the unsure weak class 1 alone clears 0.4 -> class 1; 0.5 >= 0.5 -> class 2;
+    # classes 1 and 2 both clear their bars -> ambiguous, ignored
+    assert t.target.tolist() == [[[0, 255, 1, 2, 255]]]
+    assert t.denominator.item() == 5
+
+
+def test_adaptive_never_labels_noise() -> None:
+    pol = AdaptivePolicy(4)
+    probs = torch.full((1, 4, 2, 2), 0.01)
+    probs[:, 0] = 0.97  # the network is sure of class 0 everywhere
+    valid = torch.ones(1, 2, 2, dtype=torch.bool)
+    pol.observe_labeled(torch.tensor([[0, 1, 2, 3]]))
+    pol.update(probs, valid)
+    assert (pol.thresholds[1:] == pol.floor).all()  # 0.01 never reaches the floor 0.125
+    assert pol.targets(probs, valid).target.unique().tolist() == [0]
 
 
 def test_cutmix_boxes() -> None:
@@ -77,3 +98,14 @@ def test_cutmix_boxes() -> None:
     assert m.shape == (4, 1, 64, 64) and set(m.unique().tolist()) <= {0.0, 1.0}
     area = m.mean((1, 2, 3))
     assert (area > 0.05).all() and (area <= 0.5).all()
+
+
+def test_trust_labels_replaces_pseudo_labels_on_labelled_images() -> None:
+    probs = torch.zeros(2, 2, 1, 3)
+    probs[:, 0] = 0.9  # the other network says class 0 everywhere
+    probs[:, 1] = 0.1
+    t = PseudoLabelPolicy(2).targets(probs, torch.ones(2, 1, 3, dtype=torch.bool))
+    mask = torch.tensor([[[1, 255, 0]]])  # image 0 is labelled (one pixel unlabelled)
+    trusted = t.trust_labels(mask)
+    assert trusted.target.tolist() == [[[1, 0, 0]], [[0, 0, 0]]]
+    assert trusted.denominator.item() == t.denominator.item() == 6

@@ -35,6 +35,12 @@ TINY = {
 }
 
 
+TINY_ARGS = [
+    "--encoder", "tu-mobilenetv3_small_100", "--encoder-weights", "none", "--crop", "64",
+    "--batch-size", "2", "--device", "cpu", "--workers", "0",
+]  # fmt: skip
+
+
 def tiny_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
     d: dict = {**TINY, "data": str(data), "out": str(out), "iters": 4, "eval_every": 2, **kw}
     return TrainConfig(**d)
@@ -278,18 +284,7 @@ def test_voc_sample_loader_and_run(tmp_path: Path) -> None:
             str(tmp_path / "RV"),
             "--iters",
             "2",
-            "--encoder",
-            "tu-mobilenetv3_small_100",
-            "--encoder-weights",
-            "none",
-            "--crop",
-            "64",
-            "--batch-size",
-            "2",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *TINY_ARGS,
             "--val-max",
             "2",
         ],
@@ -305,18 +300,7 @@ def test_cli_train_supervised_and_resume(tiny_tiles: Path, tmp_path: Path) -> No
         "train",
         "--data",
         str(tiny_tiles),
-        "--encoder",
-        "tu-mobilenetv3_small_100",
-        "--encoder-weights",
-        "none",
-        "--crop",
-        "64",
-        "--batch-size",
-        "2",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *TINY_ARGS,
         "--log-every",
         "1",
     ]
@@ -368,18 +352,9 @@ def test_two_process_gloo_run(tiny_tiles: Path, tmp_path: Path) -> None:
         "3",
         "--eval-every",
         "3",
-        "--encoder",
-        "tu-mobilenetv3_small_100",
-        "--encoder-weights",
-        "none",
-        "--crop",
-        "64",
+        *TINY_ARGS,
         "--batch-size",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        "1",  # per process: a global batch of 2
         "--log-every",
         "1",
     ]
@@ -392,3 +367,21 @@ def test_two_process_gloo_run(tiny_tiles: Path, tmp_path: Path) -> None:
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3]  # logged once, by rank 0
     # the default lr rule scales with the global batch: 0.01 x (2 processes x 1 image) / 8
     assert state["scheduler"]["base"] == pytest.approx(0.0025)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudcps.errors import TrainingDivergedError
+
+    cfg = tiny_cfg(tiny_tiles, tmp_path / "R", iters=4, eval_every=1, mode="supervised")
+    Trainer(cfg).fit(stop_at=2)
+    import cloudcps.cps as cps_module
+
+    monkeypatch.setattr(
+        cps_module, "supervised_loss", lambda logits, mask: logits.sum() * float("nan")
+    )
+    cfg_r, state = resolve_config({"out": str(tmp_path / "R")}, None, resume=True)
+    with pytest.raises(TrainingDivergedError, match="the loss became nan at iteration 3"):
+        Trainer(cfg_r, resume_state=state).fit()
+    assert load_checkpoint(tmp_path / "R" / "latest.pt")["iteration"] == 2
