@@ -42,6 +42,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "cps+adaptive": {"mode": "cps", "pseudo_labels": "adaptive", "cutmix": False},
     "cps+adaptive+cutmix": {"mode": "cps", "pseudo_labels": "adaptive", "cutmix": True},
     "cps+adaptive λ=0.5": {"mode": "cps", "pseudo_labels": "adaptive", "cps_weight": 0.5},
+    "cps+adaptive+rampup": {"mode": "cps", "pseudo_labels": "adaptive", "cps_rampup": 0.5},
     "default": {},  # whatever `cloudcps train` does without options (= cps+adaptive)
 }
 
