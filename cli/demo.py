@@ -33,7 +33,7 @@ def demo(
     towns; thick and thin clouds; cast shadows), tile them with 1/16 labelled, train the
     supervised baseline and CPS with the same budget, predict a held-out scene to a mask
     GeoTIFF with each, and evaluate both against its labels. Needs no data and no network.
-    Default budget: about 15 minutes on 2 CPU cores; on a GPU it is used automatically.
+    Default budget: about 12 minutes on 2 CPU cores; on a GPU it is used automatically.
 
     \b
     $ cloudcps demo --out demo-run

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cloudcps.config import TrainConfig
 from cloudcps.cps import Trainer
 from cloudcps.evaluate import Evaluation, evaluate_rasters, write_report
@@ -19,7 +21,7 @@ from cloudcps.io import check_writable
 from cloudcps.models import load_for_inference
 from cloudcps.predict import PredictOptions, predict_scene
 from cloudcps.synthetic import make_dataset
-from cloudcps.tiling import TileOptions, tile_scenes
+from cloudcps.tiling import DEFAULT_CLASSES, TileOptions, tile_scenes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class DemoBudget:
                 scene_size=512,
                 tile_size=128,
                 val_scenes=1,
-                iters=40,
+                iters=120,
                 crop=128,
                 batch_size=4,
             )
@@ -53,10 +55,30 @@ class DemoBudget:
             scene_size=1024,
             tile_size=256,
             val_scenes=2,
-            iters=300,
+            iters=260,
             crop=256,
             batch_size=4,
         )
+
+
+def held_out_index(
+    pairs: list[tuple[Path, Path]], num_classes: int, min_share: float = 0.005
+) -> int:
+    """The scene to hold out: the last one whose label has every class (at least ``min_share`` of
+    its valid pixels each), so both models are scored on every class; else the last of those
+    with the most classes."""
+    import rasterio
+
+    best, best_n = len(pairs) - 1, -1
+    for i in range(len(pairs) - 1, -1, -1):
+        with rasterio.open(pairs[i][1]) as src:
+            counts = np.bincount(src.read(1).ravel(), minlength=256)[:num_classes]
+        n = int((counts >= min_share * max(1, counts.sum())).sum())
+        if n == num_classes:
+            return i
+        if n > best_n:
+            best, best_n = i, n
+    return best
 
 
 @dataclass
@@ -95,8 +117,9 @@ def run_demo(
     pairs = make_dataset(
         root / "scenes", n_scenes=b.scenes + 1, size=b.scene_size, seed=seed, nodata_border_every=4
     )
-    test_scene, test_label = pairs[-1]  # held out: never tiled, predicted as a whole scene
-    train_pairs = pairs[:-1]
+    held = held_out_index(pairs, len(DEFAULT_CLASSES))  # never tiled, predicted as a whole scene
+    test_scene, test_label = pairs[held]
+    train_pairs = pairs[:held] + pairs[held + 1 :]
     times["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()

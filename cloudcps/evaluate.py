@@ -350,6 +350,7 @@ def _raster_sample(
     r = ref_lut[ref.read(1, out_shape=shape, resampling=nearest).astype(np.int64)]
     r[r == 254] = IGNORE_INDEX
     image = None
+    title = pp.name
     side = pp.with_name((pp.stem) + ".json")
     if side.is_file():
         try:
@@ -361,9 +362,10 @@ def _raster_sample(
             lo, hi = np.percentile(rgb, 1), np.percentile(rgb, 99)
             image = np.clip((rgb - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
             image = image.transpose(1, 2, 0)
+            title = scene.name
         except (KeyError, OSError, InputError, json.JSONDecodeError):
             image = None
-    return {"title": pp.name, "image": image, "reference": r, "predictions": {"prediction": p}}
+    return {"title": title, "image": image, "reference": r, "predictions": {"prediction": p}}
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,3 +65,25 @@ def test_readme_commands_parse() -> None:
         sub = cli.commands[args[0]]
         # parsing runs every option's conversion: an unknown option or a bad value raises
         sub.make_context(args[0], list(args[1:]))
+
+
+def test_held_out_scene_has_every_class(tmp_path: Path) -> None:
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    from cloudcps.demo import held_out_index
+
+    def label(name: str, classes: list[int]) -> tuple[Path, Path]:
+        a = np.zeros((40, 40), np.uint8)
+        for k, c in enumerate(classes):
+            a[k * 10 : (k + 1) * 10] = c
+        path = tmp_path / name
+        profile = {"driver": "GTiff", "height": 40, "width": 40, "count": 1, "dtype": "uint8"}
+        with rasterio.open(path, "w", **profile, transform=from_origin(0, 0, 1, 1)) as dst:
+            dst.write(a, 1)
+        return path, path
+
+    pairs = [label("a.tif", [0, 1, 2, 3]), label("b.tif", [0, 1, 2, 3]), label("c.tif", [0, 1])]
+    assert held_out_index(pairs, 4) == 1  # the last scene with all four classes
+    pairs = [label("d.tif", [0, 1, 3]), label("e.tif", [0, 255]), label("f.tif", [0, 1])]
+    assert held_out_index(pairs, 4) == 0  # else the one with the most classes
