@@ -3,7 +3,7 @@
     python bench/accuracy.py l8 [--methods ...] [--seeds 0,1,2] [--iters 200]
     python bench/accuracy.py synthetic [--methods ...] [--seeds 0,1,2] [--iters 300]
     python bench/accuracy.py peer                  # ukis-csmask on the L8 Biome val patches
-    python bench/accuracy.py table l8|synthetic    # mean and spread over seeds, as markdown
+    python bench/accuracy.py table l8|synthetic [--iters N]  # mean and spread over seeds
 
 Every method trains with the same labelled tiles, budget, encoder (DeepLabV3+ with the offline
 ImageNet EfficientNet-Lite0) and seeds; seed s draws the labelled subset (the same for every
@@ -281,7 +281,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     if args.what == "table":
-        print(table(args.bench, args.work, args.iters))
+        print(table(args.bench, args.work, args.iters or SETTINGS[args.bench]["iters"]))
         return
     if args.what == "peer":
         print(peer(args.work))
