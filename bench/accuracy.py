@@ -70,11 +70,13 @@ def _l8_toa(src: Path, dst: Path) -> Path:
     return dst
 
 
-def prepare_l8(work: Path, seed: int) -> Path:
-    """Tiles of L8 Biome; the labelled quarter of the train patches is drawn with ``seed``."""
-    from cloudcps.tiling import TileOptions, tile_scenes
+def prepare_l8(work: Path, seed: int, stretch: str = "auto", gamma: float = 1.0) -> Path:
+    """Tiles of L8 Biome; the labelled quarter of the train patches is drawn with ``seed``
+    (the same patches whatever the stretch)."""
+    from cloudcps.tiling import TileOptions, parse_stretch, tile_scenes
 
-    tiles = work / f"l8-tiles-s{seed}"
+    tag = "" if (stretch, gamma) == ("auto", 1.0) else f"-{stretch.replace(':', '_')}-g{gamma:g}"
+    tiles = work / f"l8-tiles-s{seed}{tag}"
     if (tiles / "manifest.json").exists():
         return tiles
     bio = SHARED / "l8biome"
@@ -91,6 +93,8 @@ def prepare_l8(work: Path, seed: int) -> Path:
         tile_size=256,
         label_dirs=(bio / "train" / "masks", bio / "val" / "masks"),
         label_map=L8_MAP,
+        stretch=parse_stretch(stretch),
+        gamma=gamma,
         labeled_fraction=0.25,
         val=tuple(str(v) for v in val),
         seed=seed,

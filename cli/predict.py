@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -16,16 +17,19 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
 @click.option(
     "--model",
     "-m",
-    required=True,
+    default="default",
+    show_default=True,
     type=click.Path(path_type=Path),
-    help="A run folder (its best.pt) or a checkpoint file.",
+    help="A run folder (its best.pt), a checkpoint file, or default (the starter cloud model "
+    "that ships with cloudcps).",
 )
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Mask file (one scene, .tif) or folder (NAME_mask.tif per scene).",
+    help="Mask file (one scene, .tif) or folder (NAME_mask.tif per scene).  "
+    "[default: NAME_mask.tif beside each scene]",
 )
 @click.option("--tile-size", type=int, help="Window side in px.  [default: the model's tile size]")
 @click.option("--overlap", type=int, help="Window overlap in px.  [default: tile size / 4]")
@@ -57,6 +61,21 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
     callback=converter(parse_bands),
     help="R,G,B[,NIR] band numbers of the scenes.  [default: the model's]",
 )
+@click.option(
+    "--scale",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Multiply the scene's values by this before the model's stretch (e.g. 10000 for "
+    "reflectance in 0-1; the default model expects reflectance x 10000).",
+)
+@click.option(
+    "--offset",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Add this after --scale (e.g. -1000 for Sentinel-2 L2A of processing baseline 04.00+).",
+)
 @overwrite_opt
 @click.pass_context
 @user_errors
@@ -65,7 +84,7 @@ def predict(
     /,
     scenes: tuple[Path, ...],
     model: Path,
-    out: Path,
+    out: Path | None,
     tile_size: int | None,
     overlap: int | None,
     batch_size: int | None,
@@ -75,6 +94,8 @@ def predict(
     probabilities: bool,
     buffer: int,
     bands: tuple[int, ...] | None,
+    scale: float,
+    offset: float,
     overwrite: bool,
 ) -> None:
     """Predict cloud masks for whole scenes by sliding windows, blended without seams.
@@ -84,7 +105,12 @@ def predict(
     transform and size, marks nodata as 255, and carries a colour table, the class names and the
     per-class cover (also in NAME.json beside it).
 
+    Without --model the starter cloud model that ships with cloudcps is used (trained on
+    L8 Biome and On Cloud N; it expects reflectance x 10000, see docs/model.md); without --out
+    the mask is written beside the scene as NAME_mask.tif.
+
     \b
+    $ cloudcps predict scene.tif
     $ cloudcps predict scene.tif --model runs/cps --out scene_mask.tif
     """
     from cloudcps.cps import pick_device
@@ -98,13 +124,18 @@ def predict(
     loaded = load_for_inference(model, nets=nets, device=dev)
     masks = output_paths(scenes, out)
     opts = PredictOptions(
-        tile_size, overlap, batch_size, tta, probabilities, buffer, bands, overwrite
+        tile_size, overlap, batch_size, tta, probabilities, buffer, bands, overwrite, scale, offset
     )
     from cloudcps.io import check_writable
 
     for m in masks:  # refuse before computing anything
         check_writable(m, overwrite)
-    if len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff"):
+        if out is None and not os.access(m.parent, os.W_OK):
+            raise InputError(
+                f"cannot write {m.name} beside the scene: {m.parent} is not writable; give "
+                "--out FILE_OR_FOLDER"
+            )
+    if out is not None and (len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff")):
         out.mkdir(parents=True, exist_ok=True)
     for scene, mask in zip(scenes, masks, strict=True):
         res = predict_scene(scene, loaded, mask, opts, dev, progress=not quiet(ctx))

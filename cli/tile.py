@@ -45,7 +45,8 @@ def _classes(text: str) -> tuple[str, ...]:
     "--label-map",
     default=None,
     callback=converter(parse_label_map),
-    help="Source label codes to class ids, e.g. 128:0,255:1,192:2,64:3 (L8 Biome).",
+    help="Source label codes to class ids, e.g. 128:0,255:1,192:2,64:3 (L8 Biome); a code may "
+    "map to a set of classes, e.g. 0:0|3,1:1|2 for a cloud / not-cloud label (partial labels).",
 )
 @click.option(
     "--unknown-labels",
@@ -71,6 +72,13 @@ def _classes(text: str) -> tuple[str, ...]:
     show_default=True,
     callback=converter(parse_stretch),
     help="auto[:P_LOW:P_HIGH] (percentiles over all scenes), none, MIN:MAX, or MIN:MAX per band.",
+)
+@click.option(
+    "--gamma",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Gamma of the stretch (2 brightens dark ground while keeping bright clouds apart).",
 )
 @click.option(
     "--labeled-fraction",
@@ -127,6 +135,7 @@ def tile(
     tile_size: int,
     overlap: int,
     stretch: object,
+    gamma: float,
     labeled_fraction: float,
     val: tuple[str, ...],
     val_fraction: float,
@@ -157,6 +166,7 @@ def tile(
         overlap=overlap,
         bands=bands,
         stretch=stretch,
+        gamma=gamma,
         label_dirs=label_dir,
         label_map=label_map,
         unknown_labels="ignore" if unknown_labels == "ignore" else "error",

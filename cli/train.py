@@ -29,6 +29,22 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     help="imagenet (offline for tu-efficientnet_lite0), none, or a weights file.  "
     "[default: imagenet]",
 )
+@click.option(
+    "--init",
+    help="Start from a trained model and fine-tune it: default (the starter cloud model that "
+    "ships with cloudcps) or a run folder / checkpoint; sets --arch and --encoder.",
+)
+@click.option(
+    "--pool-labeled/--no-pool-labeled",
+    default=None,
+    help="Also use the labelled images as unlabelled images in the CPS term (their partial "
+    "labels, if any, bound the pseudo-labels).",
+)
+@click.option(
+    "--class-weights",
+    help="Weights of the supervised loss per class: none, auto ((1/share)^0.5 of the labelled "
+    "pixels, capped at 10x) or w0,w1,...  [default: none]",
+)
 @click.option("--cps-weight", type=float, help="Weight lambda of the CPS term.  [default: 1.5]")
 @click.option(
     "--cps-rampup",
@@ -83,6 +99,7 @@ def train(
 
     \b
     $ cloudcps train --data tiles --out runs/cps --iters 2000
+    $ cloudcps train --data my-tiles --out runs/ft --init default --iters 500
     """
     from cloudcps.cps import Trainer, resolve_config
 

@@ -39,12 +39,15 @@ class TrainConfig:
     arch: str = "deeplabv3plus"
     encoder: str = "tu-efficientnet_lite0"
     encoder_weights: str = "imagenet"
+    init: str | None = None
     cps_weight: float = 1.5
     cps_rampup: float = 0.0
     pseudo_labels: Policy = "adaptive"
     threshold: float = 0.9
     cutmix: bool = False
     trust_labels: bool = False
+    class_weights: str = "none"
+    pool_labeled: bool = False
     batch_size: int = 8
     crop: int = 512
     scale_min: float = 0.5
@@ -79,6 +82,16 @@ class TrainConfig:
             (0 < self.scale_min <= self.scale_max, "scale_min must be > 0 and <= scale_max"),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be > 0"),
         ]
+        if self.class_weights not in ("none", "auto"):
+            try:
+                ws = [float(v) for v in self.class_weights.split(",")]
+            except ValueError:
+                ws = []
+            if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
+                raise InputError(
+                    f"--class-weights {self.class_weights!r}: give none, auto, or one weight "
+                    "per class (comma-separated, >= 0)"
+                )
         for ok, msg in checks:
             if not ok:
                 raise InputError(msg)

@@ -13,6 +13,7 @@ Names follow UniMatch: ``img_x``/``mask_x`` labelled, ``img_u`` unlabelled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,16 +38,25 @@ from cloudcps.datasets import (
     InfiniteSampler,
     SegmentationDataset,
     TileFolder,
+    label_class_counts,
     voc_contract,
 )
 from cloudcps.errors import InputError, TrainingDivergedError
 from cloudcps.metrics import confusion_matrix, scores
-from cloudcps.models import ModelSpec, build_pair, load_checkpoint, save_checkpoint
+from cloudcps.models import (
+    ModelSpec,
+    build_pair,
+    init_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cloudcps.pseudo import (
     PseudoLabelPolicy,
+    balanced_class_weights,
     box_mix_mask,
     class_counts,
     make_policy,
+    restrict_to_labels,
     supervised_loss,
 )
 from cloudcps.tiling import DataContract
@@ -170,10 +180,15 @@ def build_data(cfg: TrainConfig) -> TrainData:
     if cfg.val_max > 0:
         val_items = val_items[: cfg.val_max]
     mean, std = contract.mean, contract.std
+    # unlabelled images never show their labels; pooled labelled images keep theirs, which only
+    # restrict pseudo-labels where they are partial (sets of classes)
+    unl_items = [dataclasses.replace(it, label=None) for it in unl_items]
+    if cfg.pool_labeled:
+        unl_items = unl_items + list(lab_items)
     return TrainData(
         contract=contract,
         labeled=SegmentationDataset(lab_items, aug, True, mean, std),
-        unlabeled=SegmentationDataset(unl_items, aug, False, mean, std) if unl_items else None,
+        unlabeled=SegmentationDataset(unl_items, aug, True, mean, std) if unl_items else None,
         val=SegmentationDataset(val_items, None, True, mean, std) if val_items else None,
         source=source,
     )
@@ -358,10 +373,17 @@ class Trainer:
         self.cps = cfg.mode == "cps"
         if self.cps and self.data.unlabeled is None:
             log.warning("no unlabelled images: CPS runs on the labelled images alone")
-        self.spec = ModelSpec(cfg.arch, cfg.encoder, self.k)
-        nets, self.weights_desc = build_pair(
-            self.spec, cfg.encoder_weights, cfg.seed, count=2 if self.cps else 1
-        )
+        count = 2 if self.cps else 1
+        if cfg.init is not None and resume_state is None:
+            nets, self.spec, self.weights_desc = init_from_checkpoint(
+                cfg.init, self.data.contract, cfg.seed, count
+            )
+            cfg.arch, cfg.encoder = self.spec.arch, self.spec.encoder
+        else:
+            self.spec = ModelSpec(cfg.arch, cfg.encoder, self.k)
+            nets, self.weights_desc = build_pair(
+                self.spec, cfg.encoder_weights, cfg.seed, count=count
+            )
         self.nets = [self._place(n) for n in nets]
         self.optimizer = torch.optim.SGD(
             _param_groups(self.nets, cfg.weight_decay),
@@ -371,6 +393,7 @@ class Trainer:
         self.schedule = PolyLR(self.optimizer, cfg.base_lr(self.rt.world), cfg.iters, cfg.lr_power)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
         self.policy: PseudoLabelPolicy = make_policy(cfg.pseudo_labels, self.k, cfg.threshold)
+        self.class_weight = self._class_weights()
         self.iteration = 0
         self.best: dict[str, Any] = {"miou": None, "iteration": None}
         if resume_state is not None:
@@ -378,6 +401,25 @@ class Trainer:
         self.last_val: dict[str, Any] | None = None
 
     # ---- set-up helpers ----------------------------------------------------------------------
+
+    def _class_weights(self) -> torch.Tensor | None:
+        """``none``, ``auto`` (balanced from the labelled pixels) or one weight per class."""
+        spec = self.cfg.class_weights
+        if spec == "none":
+            return None
+        if spec == "auto":
+            counts = label_class_counts(self.data.labeled.items, self.k)
+            w = balanced_class_weights(torch.from_numpy(counts))
+        else:
+            values = [float(v) for v in spec.split(",")]
+            if len(values) != self.k:
+                raise InputError(
+                    f"--class-weights gives {len(values)} weights for {self.k} classes "
+                    f"({', '.join(self.data.contract.classes)})"
+                )
+            w = torch.tensor(values)
+        log.info("class weights: %s", ", ".join(f"{v:.3g}" for v in w.tolist()))
+        return w.to(self.rt.device)
 
     def _prepare_out(self, resuming: bool, overwrite: bool) -> None:
         if not self.rt.main:
@@ -491,7 +533,7 @@ class Trainer:
 
         if not self.cps:
             pred_x = self._forward(self.nets[0], img_x)
-            loss_x = supervised_loss(pred_x, mask_x)
+            loss_x = supervised_loss(pred_x, mask_x, self.class_weight)
             loss_u = torch.zeros((), device=dev)
         else:
             if batch_u is None:  # CPS on the labelled images alone
@@ -499,13 +541,19 @@ class Trainer:
             else:
                 img_u = batch_u["image"].to(dev, non_blocking=True)
                 valid_u = batch_u["valid"].to(dev, non_blocking=True)
+            mask_u = batch_u["mask"].to(dev, non_blocking=True) if batch_u is not None else mask_x
             self.policy.observe_labeled(mask_x)
             net1, net2 = self.nets
             if self.cfg.cutmix:
                 img_mix, valid_mix, mix = self._cutmix(img_u, valid_u)
                 with torch.no_grad():
-                    prob1_u = mix(self._forward(net1, img_u).float().softmax(1))
-                    prob2_u = mix(self._forward(net2, img_u).float().softmax(1))
+                    prob1_u = restrict_to_labels(
+                        self._forward(net1, img_u).float().softmax(1), mask_u
+                    )
+                    prob2_u = restrict_to_labels(
+                        self._forward(net2, img_u).float().softmax(1), mask_u
+                    )
+                    prob1_u, prob2_u = mix(prob1_u), mix(prob2_u)
                 inputs = torch.cat([img_x, img_mix])
                 pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
                 self.policy.update((prob1_u + prob2_u) / 2, valid_mix)
@@ -517,13 +565,21 @@ class Trainer:
                 valid = torch.cat([valid_x, valid_u])
                 pred1, pred2 = self._forward(net1, inputs), self._forward(net2, inputs)
                 prob1, prob2 = pred1.detach().float().softmax(1), pred2.detach().float().softmax(1)
+                # pseudo-labels stay inside what a partial label allows
+                mask_all = torch.cat([mask_x, mask_u])
+                prob1, prob2 = (
+                    restrict_to_labels(prob1, mask_all),
+                    restrict_to_labels(prob2, mask_all),
+                )
                 self.policy.update(((prob1 + prob2) / 2)[bx:], valid_u)
                 t_for_1 = self.policy.targets(prob2, valid)
                 t_for_2 = self.policy.targets(prob1, valid)
                 if self.cfg.trust_labels:
                     t_for_1, t_for_2 = t_for_1.trust_labels(mask_x), t_for_2.trust_labels(mask_x)
                 loss_u = t_for_1.loss(pred1) + t_for_2.loss(pred2)
-            loss_x = supervised_loss(pred1[:bx], mask_x) + supervised_loss(pred2[:bx], mask_x)
+            loss_x = supervised_loss(pred1[:bx], mask_x, self.class_weight) + supervised_loss(
+                pred2[:bx], mask_x, self.class_weight
+            )
             # statistics on the unlabelled images only (the pseudo-labels net 1 learns from)
             n_u = t_for_1.raw.shape[0]
             part = slice(n_u - img_u.shape[0], n_u)

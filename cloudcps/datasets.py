@@ -166,6 +166,20 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         }
 
 
+def label_class_counts(items: Sequence[Item], num_classes: int) -> np.ndarray:
+    """Pixel count per class over the label images of ``items`` (partial labels not counted)."""
+    counts = np.zeros(256, np.int64)
+    for it in items:
+        if it.label is None:
+            continue
+        try:
+            with Image.open(it.label) as lb:
+                counts += np.bincount(np.asarray(lb).ravel(), minlength=256)[:256]
+        except OSError as exc:
+            raise InputError(f"cannot read label {it.label} ({exc})") from None
+    return counts[:num_classes]
+
+
 class InfiniteSampler(Sampler[tuple[int, int]]):
     """Endless reshuffled passes over ``n`` items, split across ranks, resumable.
 

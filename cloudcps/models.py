@@ -206,8 +206,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_FILE = "starter.pt"
+
+
+def default_model_path() -> Path:
+    """The starter cloud model that ships inside the package (``--model default``)."""
+    from importlib.resources import files
+
+    path = Path(str(files("cloudcps") / "weights" / DEFAULT_MODEL_FILE))
+    if not path.is_file():
+        raise InputError(
+            f"the default model {path} is not installed; reinstall cloudcps, or give --model "
+            "RUN_OR_CKPT"
+        )
+    return path
+
+
 def resolve_checkpoint(path: str | os.PathLike[str], prefer: str = "best.pt") -> Path:
-    """A checkpoint file, or ``prefer`` (then ``latest.pt``) inside a run folder."""
+    """A checkpoint file, ``prefer`` (then ``latest.pt``) inside a run folder, or ``default``
+    (the starter model that ships with cloudcps)."""
+    if str(path) == DEFAULT_MODEL and not Path(path).exists():
+        return default_model_path()
     p = Path(path)
     if p.is_dir():
         for name in (prefer, "latest.pt", "best.pt"):
@@ -236,6 +256,58 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
             f"{p} was written by a newer cloudcps ({state.get('cloudcps_version')}); upgrade"
         )
     return state
+
+
+def init_from_checkpoint(
+    path: str | os.PathLike[str], contract: DataContract, seed: int, count: int
+) -> tuple[list[nn.Module], ModelSpec, str]:
+    """``count`` networks initialised from a trained checkpoint (fine-tuning, ``--init``).
+
+    Network ``i`` takes the checkpoint's network ``i``; where the checkpoint holds fewer
+    networks than needed (a supervised model for CPS), the extra ones take its encoder and keep
+    their own seeded decoders, so the two CPS networks still start apart.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    try:
+        spec = ModelSpec.from_dict(state["model"])
+        saved = DataContract.from_dict(state["contract"])
+        weights = list(state["nets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"--init {ckpt} lacks the model description ({exc})") from None
+    if tuple(saved.classes) != tuple(contract.classes):
+        raise InputError(
+            f"--init {ckpt} predicts classes {list(saved.classes)} but the data has "
+            f"{list(contract.classes)}; tile with --classes {','.join(saved.classes)} or train "
+            "without --init"
+        )
+    if saved.stretch != contract.stretch or tuple(saved.bands[:3]) != tuple(contract.bands[:3]):
+        log.warning(
+            "--init %s was trained on tiles with stretch %s and bands %s, the data has %s and "
+            "%s: fine-tuning works best when the tiles are made the same way",
+            ckpt,
+            saved.stretch.to_dict(),
+            list(saved.bands),
+            contract.stretch.to_dict(),
+            list(contract.bands),
+        )
+    nets = [create_network(spec, seed=seed * 1000 + i) for i in range(count)]
+    for i, net in enumerate(nets):
+        if i < len(weights):
+            try:
+                net.load_state_dict(_float32(weights[i]))
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0][:160]
+                raise InputError(f"--init {ckpt} does not fit its own model ({first})") from None
+        else:
+            _encoder(net).load_state_dict(_encoder(nets[0]).state_dict())
+    desc = f"{ckpt} ({len(weights)} network(s), iteration {state.get('iteration', '?')})"
+    return nets, spec, desc
+
+
+def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Half-precision weights (the shipped model) back to float32; integers untouched."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
 class Ensemble(nn.Module):
@@ -289,7 +361,7 @@ def load_for_inference(
     modules = []
     for i in chosen:
         net = create_network(spec)
-        net.load_state_dict(weights[i])
+        net.load_state_dict(_float32(weights[i]))
         modules.append(net)
     model = Ensemble(modules).to(device).eval()
     return LoadedModel(

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from cloudcps import __version__
@@ -70,6 +71,8 @@ class PredictOptions:
     buffer: int = 0
     bands: tuple[int, ...] | None = None
     overwrite: bool = False
+    scale: float = 1.0
+    offset: float = 0.0
 
 
 @dataclass
@@ -209,7 +212,12 @@ class Predictor:
         overlap: int | None = None,
         batch_size: int | None = None,
         tta: bool = False,
+        scale: float = 1.0,
+        offset: float = 0.0,
     ) -> None:
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
+            raise InputError(f"--scale {scale} must be > 0 and --offset {offset} finite")
+        self.scale, self.offset = scale, offset
         self.loaded = loaded
         self.contract: DataContract = loaded.contract
         self.model = loaded.model
@@ -232,6 +240,8 @@ class Predictor:
         self.k = self.contract.num_classes
 
     def _to_input(self, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+        if self.scale != 1.0 or self.offset != 0.0:
+            data = data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
         img = self.contract.stretch.apply(data)  # the tiler's 8-bit contract
         img[:, ~valid] = 0
         return torch.from_numpy(img)
@@ -392,8 +402,59 @@ def resolve_bands(
     return chosen
 
 
-def output_paths(scenes: Sequence[Path], out: Path) -> list[Path]:
-    """One mask per scene: ``out`` for one scene and a .tif name, else ``out/NAME_mask.tif``."""
+def check_value_range(
+    src: rasterio.DatasetReader,
+    bands: Sequence[int],
+    contract: DataContract,
+    scale: float = 1.0,
+    offset: float = 0.0,
+) -> str | None:
+    """A warning when the scene's values are far outside what the model's stretch expects.
+
+    A model trained on reflectance x 10000 turns reflectance in 0-1 into a black image, and
+    8-bit or differently scaled data into nonsense, without any error: a decimated read of the
+    scene is compared with the contract's stretch range.
+    """
+    st = contract.stretch
+    if st.method == "none":
+        return None
+    f = max(1.0, max(src.width, src.height) / 512)
+    shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
+    data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+    valid = read_valid_mask(src, tuple(bands), out_shape=shape)
+    values = data[:, valid].astype(np.float64)
+    values = values[:, np.all(np.isfinite(values), axis=0)] * scale + offset
+    if values.size == 0:
+        return None
+    lo, hi = min(st.low), max(st.high)
+    p50, p99 = (float(v) for v in np.percentile(values, [50, 99]))
+    expects = f"the model expects values in about {lo:g}..{hi:g}"
+    if st.method == "fixed" and hi >= 1000:
+        expects += " (reflectance x 10000, as Sentinel-2 L1C/L2A and Landsat TOA products)"
+    if p99 < lo + 0.03 * (hi - lo):
+        return (
+            f"scene {src.name} reaches only {p99:.4g} (99th percentile) but {expects}: the mask "
+            "will be wrong; scale the values with --scale (e.g. --scale 10000 for reflectance in "
+            "0-1)"
+        )
+    if p50 > hi:
+        return (
+            f"scene {src.name} has a median of {p50:.4g}, above the top of the stretch; {expects}: "
+            "the mask will be wrong; scale the values with --scale (e.g. --scale 0.1) or --offset"
+        )
+    return None
+
+
+def default_mask_path(scene: Path) -> Path:
+    """``NAME_mask.tif`` beside the scene (what ``cloudcps predict scene.tif`` writes)."""
+    return scene.with_name(f"{scene.stem}_mask.tif")
+
+
+def output_paths(scenes: Sequence[Path], out: Path | None) -> list[Path]:
+    """One mask per scene: ``out`` for one scene and a .tif name, else ``out/NAME_mask.tif``;
+    without ``out``, ``NAME_mask.tif`` beside each scene."""
+    if out is None:
+        return [default_mask_path(s) for s in scenes]
     if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
         return [out]
     if out.suffix.lower() in (".tif", ".tiff"):
@@ -436,9 +497,21 @@ def predict_scene(
     t0 = time.perf_counter()
     contract = loaded.contract
     k = contract.num_classes
-    predictor = Predictor(loaded, dev, opts.tile_size, opts.overlap, opts.batch_size, opts.tta)
+    predictor = Predictor(
+        loaded,
+        dev,
+        opts.tile_size,
+        opts.overlap,
+        opts.batch_size,
+        opts.tta,
+        opts.scale,
+        opts.offset,
+    )
     with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
         bands = resolve_bands(contract, src.count, scene_p, opts.bands)
+        range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset)
+        if range_warning:
+            log.warning(range_warning)
         profile = {
             "driver": "GTiff",
             "width": src.width,
@@ -511,6 +584,9 @@ def predict_scene(
                 "overlap": predictor.overlap,
                 "tta": opts.tta,
                 "buffer": opts.buffer,
+                "scale": opts.scale,
+                "offset": opts.offset,
+                "warnings": [range_warning] if range_warning else [],
                 "seconds": round(seconds, 3),
                 "cloudcps_version": __version__,
             }

@@ -24,12 +24,13 @@ vote rather than re-weighting the rest.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from cloudcps.tiling import IGNORE_INDEX
+from cloudcps.tiling import IGNORE_INDEX, PARTIAL_BASE, partial_classes
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,10 +38,83 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def supervised_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled pixels (0 when a batch has none)."""
-    n = (mask != IGNORE_INDEX).sum().clamp_min(1)
-    return pixel_cross_entropy(logits, mask).sum() / n
+def allowed_classes(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K, H, W) bool: the classes each label value allows (one for a class id, several for
+    a partial label, none for 255 or a value outside the class set)."""
+    return _allowed_table(num_classes).to(mask.device)[mask.clamp(0, 255)].permute(0, 3, 1, 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_table(num_classes: int) -> torch.Tensor:
+    table = torch.zeros(256, num_classes, dtype=torch.bool)
+    for code in range(256):
+        for c in partial_classes(code):
+            if c < num_classes:
+                table[code, c] = True
+    return table
+
+
+def has_partial(mask: torch.Tensor) -> bool:
+    """Whether a label batch holds partial labels (sets of classes)."""
+    return bool(((mask > PARTIAL_BASE) & (mask < IGNORE_INDEX)).any())
+
+
+def supervised_loss(
+    logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels (0 when a batch has none).
+
+    A partial label (a set ``S`` of classes, see :func:`cloudcps.tiling.partial_code`) costs
+    ``-log sum_{c in S} p_c``: the network is taught that the pixel is one of ``S`` and nothing
+    about which; for a single class this is the cross-entropy.
+
+    ``weight`` (K,) weighs each pixel by its class (a partial label by the smallest weight of its
+    classes); the mean is over the weights, as in ``F.cross_entropy(weight=...)``.
+    """
+    logits = logits.float()
+    allowed = allowed_classes(mask, logits.shape[1])
+    labelled = allowed.any(1)
+    if not has_partial(mask):
+        per_pixel = pixel_cross_entropy(logits, mask)
+    else:
+        lse_all = torch.logsumexp(logits, 1)
+        lse_allowed = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), 1)
+        per_pixel = torch.where(labelled, lse_all - lse_allowed, torch.zeros_like(lse_all))
+    if weight is None:
+        return per_pixel.sum() / labelled.sum().clamp_min(1)
+    w = weight.to(logits.device).view(1, -1, 1, 1).expand_as(logits)
+    w = torch.where(allowed, w, torch.full_like(w, float("inf"))).amin(1)
+    w = torch.where(labelled, w, torch.zeros_like(w))
+    return (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def balanced_class_weights(
+    counts: torch.Tensor, power: float = 0.5, cap: float = 10.0
+) -> torch.Tensor:
+    """Class weights ``(1 / share) ** power``, scaled so that the mean weight of a labelled pixel
+    is 1 and capped at ``cap`` times the smallest; classes never seen get the largest weight."""
+    counts = counts.double()
+    share = counts / counts.sum().clamp_min(1)
+    w = torch.where(share > 0, share.clamp_min(1e-12) ** -power, torch.zeros_like(share))
+    if (w > 0).any():
+        w = torch.where(w > 0, w, w.max())
+        w = w.clamp(max=float(w.min()) * cap)
+        w = w / (share * w).sum().clamp_min(1e-12)
+    else:
+        w = torch.ones_like(share)
+    return w.float()
+
+
+def restrict_to_labels(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Probabilities renormalised over the classes a partial label allows (other pixels as they
+    are), so a pseudo-label never contradicts what a coarse label says."""
+    if not has_partial(mask):
+        return probs
+    allowed = allowed_classes(mask, probs.shape[1])
+    partial = ((mask > PARTIAL_BASE) & (mask < IGNORE_INDEX)).unsqueeze(1)
+    kept = probs * allowed
+    kept = kept / kept.sum(1, keepdim=True).clamp_min(1e-12)
+    return torch.where(partial, kept, probs)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -64,23 +64,78 @@ def parse_bands(text: str) -> tuple[int, ...]:
     return bands
 
 
+PARTIAL_BASE = 128
+MAX_PARTIAL_CLASSES = 7
+
+
+def partial_code(classes: Sequence[int]) -> int:
+    """The label value that stands for "one of ``classes``" (a partial label).
+
+    A set of one class is that class's id; a set of several is ``128 + sum(2**c)``, so the code
+    is the same in every tile folder and needs no table to decode. Sets therefore need class ids
+    below 7 (at most 7 classes); exact class ids stay below 128.
+    """
+    uniq = sorted(set(classes))
+    if len(uniq) == 1:
+        return uniq[0]
+    if not uniq or min(uniq) < 0 or max(uniq) >= MAX_PARTIAL_CLASSES:
+        raise ValueError(f"a partial label {'|'.join(map(str, uniq))} may only name class ids 0..6")
+    return PARTIAL_BASE + sum(1 << c for c in uniq)
+
+
+def is_partial(code: int) -> bool:
+    """Whether a label value is a partial-label code (a set of classes)."""
+    return PARTIAL_BASE < code < IGNORE_INDEX
+
+
+def partial_classes(code: int) -> tuple[int, ...]:
+    """The classes a label value allows: one for a class id, several for a partial code."""
+    if is_partial(code):
+        bits = code - PARTIAL_BASE
+        return tuple(c for c in range(MAX_PARTIAL_CLASSES) if bits >> c & 1)
+    if code == IGNORE_INDEX:
+        return ()
+    return (code,)
+
+
 def parse_label_map(text: str) -> dict[int, int]:
-    """Parse ``"128:0,255:1,192:2,64:3"`` into ``{source code: class id}``."""
+    """Parse ``"128:0,255:1,192:2,64:3"`` into ``{source code: label value}``.
+
+    A destination may be a set of classes, ``"0:0|3,1:1|2"`` (a coarser label: 0 means clear or
+    shadow, 1 thick or thin cloud), stored as a partial-label code (:func:`partial_code`);
+    ``SRC:255`` sends a code to ignore.
+    """
     mapping: dict[int, int] = {}
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
+        parts = item.split(":")
         try:
-            src, dst = (int(v) for v in item.split(":"))
+            if len(parts) != 2:
+                raise ValueError
+            src = int(parts[0])
+            dsts = [int(v) for v in parts[1].split("|")]
         except ValueError:
-            raise ValueError(f"expected SRC:DST pairs like 128:0,255:1, got {item!r}") from None
+            raise ValueError(
+                f"expected SRC:DST pairs like 128:0,255:1 (or a set of classes 0:0|3), got {item!r}"
+            ) from None
+        if len(dsts) > 1 and IGNORE_INDEX in dsts:
+            raise ValueError(f"{item!r}: 255 (ignore) cannot be part of a set of classes")
+        if len(dsts) > 1 and len(set(dsts)) != len(dsts):
+            raise ValueError(f"{item!r} names a class twice")
+        dst = partial_code(dsts)
         if src in mapping and mapping[src] != dst:
             raise ValueError(f"source value {src} is mapped twice")
         mapping[src] = dst
     if not mapping:
         raise ValueError("the label map is empty")
     return mapping
+
+
+def label_map_to_dict(label_map: dict[int, int]) -> dict[str, int | list[int]]:
+    """The manifest's form of a label map: a class id, or the list of a partial label's classes."""
+    return {str(k): list(partial_classes(v)) if is_partial(v) else v for k, v in label_map.items()}
 
 
 @dataclass(frozen=True)
@@ -130,12 +185,17 @@ def parse_stretch(text: str) -> StretchSpec:
 
 @dataclass(frozen=True)
 class Stretch:
-    """A resolved linear stretch to 8 bits, one ``(low, high)`` per selected band."""
+    """A resolved stretch to 8 bits, one ``(low, high)`` per selected band.
+
+    ``gamma`` > 1 brightens dark values: ``255 * t ** (1 / gamma)`` with ``t`` the linear position
+    in ``[low, high]``; a fixed range with gamma 2 keeps both dark ground and bright cloud apart.
+    """
 
     method: str
     low: tuple[float, ...]
     high: tuple[float, ...]
     percentiles: tuple[float, float] | None = None
+    gamma: float = 1.0
 
     def apply(self, data: np.ndarray) -> np.ndarray:
         """Map ``data`` (bands, H, W) of the selected bands to uint8, band by band."""
@@ -144,7 +204,11 @@ class Stretch:
         hi = np.asarray(self.high[:n], dtype=np.float32).reshape(n, 1, 1)
         if self.method == "none":
             return np.clip(data, 0, 255).astype(np.uint8)
-        scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        if self.gamma == 1.0:
+            scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        else:
+            t = np.clip((data.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+            scaled = 255.0 * t ** np.float32(1.0 / self.gamma)
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +217,7 @@ class Stretch:
             "low": list(self.low),
             "high": list(self.high),
             "percentiles": list(self.percentiles) if self.percentiles else None,
+            "gamma": self.gamma,
         }
 
     @classmethod
@@ -163,6 +228,7 @@ class Stretch:
             low=tuple(float(v) for v in d["low"]),
             high=tuple(float(v) for v in d["high"]),
             percentiles=(float(pct[0]), float(pct[1])) if pct else None,
+            gamma=float(d.get("gamma", 1.0)),
         )
 
 
@@ -226,6 +292,7 @@ class TileOptions:
     overlap: int = 0
     bands: tuple[int, ...] = (1, 2, 3, 4)
     stretch: StretchSpec = field(default_factory=StretchSpec)
+    gamma: float = 1.0
     label_dirs: tuple[Path, ...] = ()
     label_map: dict[int, int] | None = None
     unknown_labels: Literal["error", "ignore"] = "error"
@@ -257,11 +324,19 @@ class TileOptions:
             raise InputError("give either --val or --val-fraction, not both")
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             raise InputError(f"--min-valid {self.min_valid_fraction} must be in [0, 1]")
+        if not (math.isfinite(self.gamma) and 0.1 <= self.gamma <= 10):
+            raise InputError(f"--gamma {self.gamma} must be in [0.1, 10]")
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"--quality {self.jpeg_quality} must be in 1..100")
         k = len(self.classes)
         if self.label_map:
-            bad = sorted({v for v in self.label_map.values() if v >= k and v != IGNORE_INDEX})
+            sets = sorted({v for v in self.label_map.values() if is_partial(v)})
+            if sets and k > MAX_PARTIAL_CLASSES:
+                raise InputError(
+                    f"--label-map maps to sets of classes, which need at most "
+                    f"{MAX_PARTIAL_CLASSES} classes; this class set has {k}"
+                )
+            bad = sorted({c for v in self.label_map.values() for c in partial_classes(v) if c >= k})
             if bad:
                 raise InputError(
                     f"--label-map sends values to class ids {bad}, but there are only {k} "
@@ -592,7 +667,11 @@ def _tile_scene(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
                     counts = np.bincount(label.ravel(), minlength=256)
                     rec["label"] = f"labels/{tile_id}.png"
                     rec["class_counts"] = [int(c) for c in counts[:k]]
-                    rec["ignore_count"] = int(counts[k:].sum())
+                    rec["ignore_count"] = int(counts[IGNORE_INDEX])
+                    partial = {str(c): int(counts[c]) for c in np.flatnonzero(counts) if c >= k}
+                    partial.pop(str(IGNORE_INDEX), None)
+                    if partial:
+                        rec["partial_counts"] = partial
                     Image.fromarray(label).save(out / rec["label"], compress_level=1)
                 records.append(rec)
         finally:
@@ -735,6 +814,8 @@ def tile_scenes(
         notes.append(msg)
     assign_val_scenes(infos, opts)
     stretch = resolve_stretch(opts.stretch, infos, opts.bands)
+    if opts.gamma != 1.0 and stretch.method != "none":
+        stretch = replace(stretch, gamma=opts.gamma)
     contract = DataContract(
         classes=tuple(opts.classes),
         bands=tuple(opts.bands),
@@ -774,7 +855,11 @@ def tile_scenes(
         role = {s.id: s.role for s in infos}
         val_ids = [t["id"] for t in tiles if role[t["scene"]] == "val"]
         pool = [t for t in tiles if role[t["scene"]] != "val" and t["label"] is not None]
-        pool = [t for t in pool if sum(t["class_counts"]) > 0]
+        pool = [
+            t
+            for t in pool
+            if sum(t["class_counts"]) + sum(t.get("partial_counts", {}).values()) > 0
+        ]
         labeled = choose_labeled(
             pool, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
         )
@@ -802,7 +887,12 @@ def tile_scenes(
             "overlap": opts.overlap,
             "image_format": opts.image_format,
             "jpeg_quality": opts.jpeg_quality if opts.image_format == "jpg" else None,
-            "label_map": {str(k): v for k, v in opts.label_map.items()} if opts.label_map else None,
+            "label_map": label_map_to_dict(opts.label_map) if opts.label_map else None,
+            "partial_labels": {
+                str(v): list(partial_classes(v))
+                for v in sorted(set((opts.label_map or {}).values()))
+                if is_partial(v)
+            },
             "min_valid_fraction": opts.min_valid_fraction,
             "options": {
                 "labeled_fraction": opts.labeled_fraction,

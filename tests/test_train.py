@@ -379,7 +379,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     import cloudcps.cps as cps_module
 
     monkeypatch.setattr(
-        cps_module, "supervised_loss", lambda logits, mask: logits.sum() * float("nan")
+        cps_module, "supervised_loss", lambda logits, mask, weight=None: logits.sum() * float("nan")
     )
     cfg_r, state = resolve_config({"out": str(tmp_path / "R")}, None, resume=True)
     with pytest.raises(TrainingDivergedError, match="the loss became nan at iteration 3"):

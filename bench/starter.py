@@ -1,0 +1,514 @@
+"""The starter cloud model that ships with cloudcps: rebuild it, score it, compare it.
+
+    python bench/starter.py prepare                 # tile every real label of ../shared/data
+    python bench/starter.py train --mode cps --seed 0 [--iters 2000] [--device cuda]
+    python bench/starter.py train --mode supervised --seed 0
+    python bench/starter.py score                   # every finished run + ukis-csmask, same files
+    python bench/starter.py table                   # the model card's tables (markdown)
+    python bench/starter.py package RUN             # write cloudcps/weights/starter.pt (fp16)
+    python bench/starter.py finetune --seeds 0,1    # --init default vs ImageNet on the L8 split
+    python bench/starter.py figures                 # docs/img/*.png: masks on the real scenes
+    python bench/starter.py all                     # everything above, in order (resumes)
+
+Data (everything labelled in ../shared/data; see docs/model.md):
+- L8 Biome train (23 Landsat 8 patches, 4 classes; codes 128/255/192/64),
+- On Cloud N train (32 Sentinel-2 L2A chips, cloud / not cloud: partial labels
+  ``0 -> clear|shadow``, ``1 -> thick|thin``),
+- unlabelled: the Sentinel-2 L1C scene and the Landsat 8 scene (DN converted to TOA reflectance x
+  10000); with ``--pool-labeled`` the labelled images join the unlabelled pool of CPS,
+- validation: L8 Biome val (8 patches, 4 classes and 3 merged), On Cloud N val (5 chips, binary).
+
+All tiles share one fixed stretch (reflectance x 10000, 0..12000, gamma 2), so the model reads any
+product delivered as reflectance x 10000 the same way. Runs are resumable: a killed ``train``
+continues from its latest.pt when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+WORK = ROOT / "bench" / "out" / "starter"
+sys.path.insert(0, str(ROOT / "bench"))
+
+LABEL_MAP = "128:0,255:1,192:2,64:3,0:0|3,1:1|2"
+L8_MAP = {128: 0, 255: 1, 192: 2, 64: 3}
+STRETCH = "0:12000"
+GAMMA = "2"
+TILE = 256
+CLASSES = ("clear", "thick cloud", "thin cloud", "cloud shadow")
+# one schedule for both modes: what differs between CPS and supervised is only the CPS term
+CPU_SCHEDULE = {
+    "iters": 2000,
+    "batch_size": 2,
+    "crop": 256,
+    "lr": 0.005,
+    "class_weights": "auto",
+}
+GPU_SCHEDULE = {**CPU_SCHEDULE, "iters": 8000, "batch_size": 8, "lr": 0.01}
+
+
+def cloudcps(*args: str) -> None:
+    exe = Path(sys.executable).with_name("cloudcps")
+    env = dict(os.environ)
+    if "CLOUDCPS_THREADS" in env:  # several runs side by side on a small machine
+        env["OMP_NUM_THREADS"] = env["CLOUDCPS_THREADS"]
+    subprocess.run([str(exe), *args], check=True, env=env)
+
+
+def _need_shared() -> None:
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} is absent: the starter model is built from ../shared/data")
+
+
+def prepare(work: Path) -> Path:
+    """Tile every labelled patch/chip, the two scenes, and the L8 Biome val patches (val)."""
+    from accuracy import _l8_toa
+
+    _need_shared()
+    tiles = work / "tiles"
+    if (tiles / "manifest.json").exists():
+        return tiles
+    work.mkdir(parents=True, exist_ok=True)
+    l8_train = sorted((SHARED / "l8biome" / "train" / "images").glob("*.tif"))
+    l8_val = sorted((SHARED / "l8biome" / "val" / "images").glob("*.tif"))
+    ocn = sorted((SHARED / "oncloudn_train" / "images").glob("*.tif"))
+    scenes = [
+        SHARED / "scenes" / "s2_l1c_nocloud_rgbn.tif",
+        _l8_toa(SHARED / "scenes" / "l8_cloudy_rgbn.tif", work / "l8_cloudy_toa.tif"),
+    ]
+    args = [str(p) for p in l8_train + l8_val + ocn + scenes]
+    for d in ("l8biome/train/masks", "l8biome/val/masks", "oncloudn_train/labels"):
+        args += ["--label-dir", str(SHARED / d)]
+    for v in l8_val:
+        args += ["--val", v.name]
+    args += ["--label-map", LABEL_MAP, "--stretch", STRETCH, "--gamma", GAMMA]
+    args += ["--tile-size", str(TILE), "--labeled-fraction", "1", "--format", "png"]
+    cloudcps("-q", "tile", *args, "--out", str(tiles))
+    return tiles
+
+
+def run_dir(work: Path, mode: str, seed: int, iters: int) -> Path:
+    return work / "runs" / f"{mode}-s{seed}-i{iters}"
+
+
+def train(work: Path, mode: str, seed: int, schedule: dict[str, Any], device: str) -> Path:
+    """Train (or resume) one run of the starter protocol."""
+    tiles = prepare(work)
+    out = run_dir(work, mode, seed, schedule["iters"])
+    args = ["train", "--data", str(tiles), "--out", str(out), "--mode", mode, "--seed", str(seed)]
+    for k, v in schedule.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    args += ["--device", device, "--workers", "1", "--eval-every", "250", "--log-every", "25"]
+    if mode == "cps":
+        args += ["--pool-labeled"]
+    if (out / "latest.pt").exists():
+        from cloudcps.models import load_checkpoint
+
+        if int(load_checkpoint(out / "latest.pt")["iteration"]) >= schedule["iters"]:
+            return out
+        args += ["--resume"]
+    cloudcps("-q", *args)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring: our runs and ukis-csmask on the same files, by the same code
+# --------------------------------------------------------------------------------------------
+
+FOLD3 = np.array([0, 1, 1, 2] + [255] * 252, np.uint8)  # thick+thin -> cloud, shadow kept
+FOLD2 = np.array([0, 1, 1, 0] + [255] * 252, np.uint8)  # thick+thin -> cloud, shadow -> clear
+
+
+def _val_sets() -> dict[str, list[tuple[Path, Path]]]:
+    l8 = SHARED / "l8biome" / "val"
+    ocn = SHARED / "oncloudn"
+    return {
+        "l8": [(p, l8 / "masks" / p.name) for p in sorted((l8 / "images").glob("*.tif"))],
+        "ocn": [(p, ocn / "labels" / p.name) for p in sorted((ocn / "images").glob("*.tif"))],
+    }
+
+
+def _references() -> dict[str, list[np.ndarray]]:
+    import rasterio
+
+    lut = np.full(256, 255, np.uint8)
+    for k, v in L8_MAP.items():
+        lut[k] = v
+    refs: dict[str, list[np.ndarray]] = {}
+    for name, pairs in _val_sets().items():
+        refs[name] = []
+        for _, ref in pairs:
+            with rasterio.open(ref) as r:
+                a = r.read(1)
+            refs[name].append(lut[a] if name == "l8" else a.astype(np.uint8))
+    return refs
+
+
+def _confusions(preds: dict[str, list[np.ndarray]], four_class: bool) -> dict[str, np.ndarray]:
+    """Confusion matrices: L8 4 classes (if the predictor has them), L8 3 classes, OCN binary."""
+    from cloudcps.metrics import confusion_matrix
+
+    refs = _references()
+    cms: dict[str, np.ndarray] = {}
+    if four_class:
+        cms["l8-4"] = sum(
+            (confusion_matrix(p, r, 4) for p, r in zip(preds["l8"], refs["l8"], strict=True)),
+            np.zeros((4, 4), np.int64),
+        )
+    fold_p = FOLD3 if four_class else np.arange(256, dtype=np.uint8)
+    cms["l8-3"] = sum(
+        (
+            confusion_matrix(fold_p[p], FOLD3[r], 3)
+            for p, r in zip(preds["l8"], refs["l8"], strict=True)
+        ),
+        np.zeros((3, 3), np.int64),
+    )
+    fold_b = FOLD2 if four_class else np.array([0, 1, 0] + [255] * 253, np.uint8)
+    cms["ocn-2"] = sum(
+        (confusion_matrix(fold_b[p], r, 2) for p, r in zip(preds["ocn"], refs["ocn"], strict=True)),
+        np.zeros((2, 2), np.int64),
+    )
+    return cms
+
+
+def _predict_ours(run: Path, nets: str = "both") -> dict[str, list[np.ndarray]]:
+    """Whole-file predictions of a run through the same code as ``cloudcps predict``."""
+    from cloudcps.models import load_for_inference
+
+    loaded = load_for_inference(run, nets=nets)
+    return {
+        name: [_predict_file(loaded, img) for img, _ in pairs]
+        for name, pairs in _val_sets().items()
+    }
+
+
+def _predict_file(loaded: Any, path: Path) -> np.ndarray:
+    import rasterio
+    import torch
+
+    from cloudcps.predict import ArraySink, Predictor, RasterSource
+
+    with rasterio.open(path) as src:
+        pred = Predictor(loaded, torch.device("cpu"))
+        sink = ArraySink(src.height, src.width, loaded.contract.num_classes, keep_probs=False)
+        pred.run(RasterSource(src, [1, 2, 3]), sink)
+    return sink.classes
+
+
+def _predict_ukis() -> dict[str, list[np.ndarray]]:
+    import rasterio
+    from peers import run_ukis
+
+    out: dict[str, list[np.ndarray]] = {}
+    for name, pairs in _val_sets().items():
+        level = "l1c" if name == "l8" else "l2a"
+        out[name] = []
+        for img, _ in pairs:
+            with rasterio.open(img) as s:
+                out[name].append(run_ukis(s.read(), product_level=level))
+    return out
+
+
+def _scores(cms: dict[str, np.ndarray]) -> dict[str, Any]:
+    from cloudcps.metrics import scores
+
+    names = {
+        "l8-4": list(CLASSES),
+        "l8-3": ["clear", "cloud", "cloud shadow"],
+        "ocn-2": ["not cloud", "cloud"],
+    }
+    return {k: scores(cm, names[k]) for k, cm in cms.items()}
+
+
+def score(work: Path) -> dict[str, Any]:
+    """Score every finished run (final iteration; ensemble and single net) and ukis-csmask."""
+    _need_shared()
+    results_path = work / "scores.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if "ukis-csmask" not in results:
+        t0 = time.perf_counter()
+        results["ukis-csmask"] = {
+            "scores": _scores(_confusions(_predict_ukis(), four_class=False)),
+            "seconds": time.perf_counter() - t0,
+        }
+    from cloudcps.models import load_checkpoint
+
+    for run in sorted((work / "runs").glob("*-s*-i*")):
+        latest = run / "latest.pt"
+        if not latest.exists():
+            continue
+        state = load_checkpoint(latest)
+        iters = int(state["config"]["iters"])
+        if int(state["iteration"]) < iters:
+            continue  # unfinished: scored when it ends
+        variants = ["both", "1"] if len(state["nets"]) > 1 else ["1"]
+        for nets in variants:
+            key = f"{run.name}:{'ensemble' if nets == 'both' else 'net1'}"
+            if key in results:
+                continue
+            t0 = time.perf_counter()
+            preds = _predict_ours(latest, nets)
+            results[key] = {
+                "scores": _scores(_confusions(preds, four_class=True)),
+                "seconds": time.perf_counter() - t0,
+                "mode": state["config"]["mode"],
+                "seed": state["config"]["seed"],
+                "iters": iters,
+            }
+            print(f"scored {key}", flush=True)
+    results_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _mean_sd(values: list[float | None]) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    m = 100 * statistics.mean(v)
+    return f"{m:.1f} ± {100 * statistics.stdev(v):.1f}" if len(v) > 1 else f"{m:.1f}"
+
+
+def table(work: Path) -> str:
+    """Markdown tables: each model on each val set, seeds as mean ± sd."""
+    results = json.loads((work / "scores.json").read_text())
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, r in results.items():
+        if key == "ukis-csmask":
+            continue
+        run, variant = key.split(":")
+        mode, _, it = run.split("-")
+        groups.setdefault(f"cloudcps {mode} ({variant}, {it[1:]} it)", []).append(r)
+    lines = []
+    heads = {
+        "l8-4": ("L8 Biome val, 4 classes", CLASSES),
+        "l8-3": ("L8 Biome val, 3 classes (thick+thin = cloud)", ("clear", "cloud", "shadow")),
+        "ocn-2": ("On Cloud N val (5 chips), binary (shadow = not cloud)", ("not cloud", "cloud")),
+    }
+    for set_key, (title, names) in heads.items():
+        lines += [f"**{title}** (IoU %)", ""]
+        lines.append("| model | seeds | " + " | ".join(names) + " | mIoU |")
+        lines.append("|---|---|" + "---|" * (len(names) + 1))
+        rows = list(groups.items())
+        if set_key != "l8-4":
+            rows = [("ukis-csmask 1.0.0 (4 bands)", [results["ukis-csmask"]]), *rows]
+        for name, rs in rows:
+            cells = [
+                _mean_sd([r["scores"][set_key]["iou"][c] for r in rs]) for c in range(len(names))
+            ]
+            cells.append(_mean_sd([r["scores"][set_key]["miou"] for r in rs]))
+            lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Packaging, fine-tuning, figures
+# --------------------------------------------------------------------------------------------
+
+
+def package(run: Path, dest: Path, note: str) -> Path:
+    """The shipped checkpoint: fp16 weights of the final networks, contract, spec, scores."""
+    import torch
+
+    from cloudcps.models import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run / "latest.pt" if run.is_dir() else run)
+    contract = dict(state["contract"])
+    contract["tile_size"] = 1024  # prediction window: the networks are fully convolutional
+    contract["input"] = {
+        "values": "reflectance x 10000 (Sentinel-2 L1C/L2A, Landsat 8/9 TOA), bands R,G,B,NIR",
+        "typical_range": [0, 12000],
+    }
+    half = [
+        {k: v.half() if v.is_floating_point() else v for k, v in sd.items()} for sd in state["nets"]
+    ]
+    out = {
+        "model": state["model"],
+        "nets": half,
+        "iteration": state["iteration"],
+        "config": state["config"],
+        "contract": contract,
+        "best": state.get("best"),
+        "val": None,
+        "encoder_weights": state.get("encoder_weights"),
+        "starter": {"source_run": run.name, "note": note, "dtype": "float16"},
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest, out)
+    del torch
+    return dest
+
+
+def finetune(work: Path, seeds: list[int], iters: int, lr: float | None = None) -> dict[str, Any]:
+    """Supervised fine-tuning on the 6-patch L8 split of docs/benchmarks.md: --init default vs
+    ImageNet, same budget and settings as bench/accuracy.py's l8 benchmark."""
+    from accuracy import SETTINGS, prepare_l8
+
+    from cloudcps.config import TrainConfig
+    from cloudcps.cps import Trainer
+
+    path = work / "finetune.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    for seed in seeds:
+        # the starter's way of reading scenes for both inits (what a user fine-tuning would do)
+        tiles = prepare_l8(ROOT / "bench" / "out", seed, STRETCH, float(GAMMA))
+        for init in ("imagenet", "default"):
+            key = f"{init}-s{seed}-i{iters}" + (f"-lr{lr:g}" if lr else "")
+            if key in results:
+                continue
+            cfg = TrainConfig(
+                data=str(tiles),
+                out=str(work / "ft" / key),
+                mode="supervised",
+                seed=seed,
+                device="cpu",
+                workers=1,
+                eval_every=iters,
+                log_every=20,
+                init="default" if init == "default" else None,
+                **{**SETTINGS["l8"], "iters": iters, **({"lr": lr} if lr else {})},
+            )
+            t0 = time.perf_counter()
+            res = Trainer(cfg, overwrite=True).fit()
+            assert res.last_val is not None
+            results[key] = {
+                "init": init,
+                "lr": cfg.lr,
+                "seed": seed,
+                "iters": iters,
+                "net1": res.last_val["net1"],
+                "seconds": time.perf_counter() - t0,
+            }
+            path.write_text(json.dumps(results, indent=1))
+            print(f"{key}: mIoU {res.last_val['net1']['miou']:.4f}", flush=True)
+    return results
+
+
+def finetune_table(work: Path) -> str:
+    results = json.loads((work / "finetune.json").read_text())
+    lines = [
+        "| init | lr | seeds | " + " | ".join(CLASSES) + " | mIoU |",
+        "|---|---|---|" + "---|" * 5,
+    ]
+    lrs = sorted({r.get("lr", 0.01) for r in results.values()}, reverse=True)
+    for lr in lrs:
+        for init, label in (("imagenet", "ImageNet encoder"), ("default", "--init default")):
+            rs = [r for r in results.values() if r["init"] == init and r.get("lr", 0.01) == lr]
+            if not rs:
+                continue
+            cells = [_mean_sd([r["net1"]["iou"][c] for r in rs]) for c in range(4)]
+            cells.append(_mean_sd([r["net1"]["miou"] for r in rs]))
+            lines.append(f"| {label} | {lr:g} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figures(model: str, dest: Path) -> None:
+    """RGB beside the default model's mask for the real scenes and a few val files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.colors import ListedColormap
+
+    from cloudcps.models import load_for_inference
+
+    loaded = load_for_inference(model)
+    work = WORK
+    cases = [
+        ("Sentinel-2 L1C, cloud-free", SHARED / "scenes" / "s2_l1c_nocloud_rgbn.tif"),
+        ("Landsat 8 (TOA), altocumulus", work / "l8_cloudy_toa.tif"),
+        ("On Cloud N val chip_id_2", SHARED / "oncloudn" / "images" / "chip_id_2.tif"),
+        ("On Cloud N val chip_id_4", SHARED / "oncloudn" / "images" / "chip_id_4.tif"),
+    ]
+    l8_val = sorted((SHARED / "l8biome" / "val" / "images").glob("*.tif"))
+    cases += [(f"L8 Biome val {p.stem}", p) for p in l8_val[:4]]
+    colours = ListedColormap(["#3a7d2c", "#ffffff", "#7fc8ff", "#3b2a80"])
+    dest.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(cases), 2, figsize=(7, 3.4 * len(cases)))
+    for (title, path), (a0, a1) in zip(cases, axes, strict=True):
+        with rasterio.open(path) as src:
+            rgb = src.read([1, 2, 3]).astype(np.float32)
+        mask = _predict_file(loaded, path)
+        a0.imshow(np.clip((rgb / 3000.0) ** 0.7, 0, 1).transpose(1, 2, 0))
+        a0.set_title(title, fontsize=9)
+        shown = np.ma.masked_equal(mask, 255)
+        a1.imshow(shown, cmap=colours, vmin=-0.5, vmax=3.5, interpolation="nearest")
+        a1.set_title("default model: clear / thick / thin / shadow", fontsize=8)
+        for a in (a0, a1):
+            a.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(dest / "starter_masks.png", dpi=70)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "what",
+        choices=["prepare", "train", "score", "table", "package", "finetune", "figures", "all"],
+    )
+    ap.add_argument("run", nargs="?", type=Path)
+    ap.add_argument("--mode", choices=["cps", "supervised"], default="cps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--iters", type=int)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--ft-iters", type=int, default=200)
+    ap.add_argument("--ft-lr", type=float, help="fine-tuning lr [default: the l8 benchmark's]")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    schedule = dict(GPU_SCHEDULE if args.device == "cuda" else CPU_SCHEDULE)
+    if args.iters:
+        schedule["iters"] = args.iters
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.what == "prepare":
+        print(prepare(args.work))
+    elif args.what == "train":
+        print(train(args.work, args.mode, args.seed, schedule, args.device))
+    elif args.what == "score":
+        score(args.work)
+        print(table(args.work))
+    elif args.what == "table":
+        print(table(args.work))
+        if (args.work / "finetune.json").exists():
+            print(finetune_table(args.work))
+    elif args.what == "package":
+        if args.run is None:
+            raise SystemExit("package needs the run folder to ship")
+        print(package(args.run, ROOT / "cloudcps" / "weights" / "starter.pt", args.note))
+    elif args.what == "finetune":
+        finetune(args.work, seeds, args.ft_iters, args.ft_lr)
+        print(finetune_table(args.work))
+    elif args.what == "figures":
+        figures(str(args.run or "default"), ROOT / "docs" / "img")
+    else:
+        for seed in seeds:
+            for mode in ("supervised", "cps"):
+                train(args.work, mode, seed, schedule, args.device)
+        score(args.work)
+        print(table(args.work))
+
+
+if __name__ == "__main__":
+    main()
