@@ -129,7 +129,7 @@ def predict(
     from cloudcps.io import check_writable
 
     for m in masks:  # refuse before computing anything
-        check_writable(m, overwrite)
+        check_writable(m, overwrite, "--out" if out is not None else "mask")
         if out is None and not os.access(m.parent, os.W_OK):
             raise InputError(
                 f"cannot write {m.name} beside the scene: {m.parent} is not writable; give "
