@@ -324,8 +324,6 @@ def table(work: Path) -> str:
 
 def package(run: Path, dest: Path, note: str) -> Path:
     """The shipped checkpoint: fp16 weights of the final networks, contract, spec, scores."""
-    import torch
-
     from cloudcps.models import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(run / "latest.pt" if run.is_dir() else run)
@@ -351,7 +349,6 @@ def package(run: Path, dest: Path, note: str) -> Path:
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, out)
-    del torch
     return dest
 
 

@@ -71,10 +71,14 @@ def supervised_loss(
     ``weight`` (K,) weighs each pixel by its class (a partial label by the smallest weight of its
     classes); the mean is over the weights, as in ``F.cross_entropy(weight=...)``.
     """
+    partial = has_partial(mask)
+    if not partial and weight is None:  # the common case: plain cross-entropy, no lookup
+        n = (mask != IGNORE_INDEX).sum().clamp_min(1)
+        return pixel_cross_entropy(logits, mask).sum() / n
     logits = logits.float()
     allowed = allowed_classes(mask, logits.shape[1])
     labelled = allowed.any(1)
-    if not has_partial(mask):
+    if not partial:
         per_pixel = pixel_cross_entropy(logits, mask)
     else:
         lse_all = torch.logsumexp(logits, 1)
