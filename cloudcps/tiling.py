@@ -330,8 +330,7 @@ class TileOptions:
             raise InputError(f"--quality {self.jpeg_quality} must be in 1..100")
         k = len(self.classes)
         if self.label_map:
-            sets = sorted({v for v in self.label_map.values() if is_partial(v)})
-            if sets and k > MAX_PARTIAL_CLASSES:
+            if k > MAX_PARTIAL_CLASSES and any(map(is_partial, self.label_map.values())):
                 raise InputError(
                     f"--label-map maps to sets of classes, which need at most "
                     f"{MAX_PARTIAL_CLASSES} classes; this class set has {k}"
@@ -668,8 +667,11 @@ def _tile_scene(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
                     rec["label"] = f"labels/{tile_id}.png"
                     rec["class_counts"] = [int(c) for c in counts[:k]]
                     rec["ignore_count"] = int(counts[IGNORE_INDEX])
-                    partial = {str(c): int(counts[c]) for c in np.flatnonzero(counts) if c >= k}
-                    partial.pop(str(IGNORE_INDEX), None)
+                    partial = {
+                        str(c): int(counts[c])
+                        for c in np.flatnonzero(counts)
+                        if k <= c < IGNORE_INDEX
+                    }
                     if partial:
                         rec["partial_counts"] = partial
                     Image.fromarray(label).save(out / rec["label"], compress_level=1)
