@@ -5,7 +5,7 @@
     python bench/starter.py train --mode supervised --seed 0
     python bench/starter.py score                   # every finished run + ukis-csmask, same files
     python bench/starter.py table                   # the model card's tables (markdown)
-    python bench/starter.py package RUN             # write cloudcps/weights/starter.pt (fp16)
+    python bench/starter.py package RUN             # cloudcps/weights/starter.pt (fp16) + .onnx
     python bench/starter.py finetune --seeds 0,1    # --init default vs ImageNet on the L8 split
     python bench/starter.py figures                 # docs/img/*.png: masks on the real scenes
     python bench/starter.py all                     # everything above, in order (resumes)
@@ -349,6 +349,9 @@ def package(run: Path, dest: Path, note: str) -> Path:
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, out)
+    from cloudcps.backends import export_onnx
+
+    export_onnx(dest, "both", dest.with_suffix(".onnx"))  # the graph CPU prediction runs
     return dest
 
 

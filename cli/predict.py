@@ -32,16 +32,34 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
     "[default: NAME_mask.tif beside each scene]",
 )
 @click.option("--tile-size", type=int, help="Window side in px.  [default: the model's tile size]")
-@click.option("--overlap", type=int, help="Window overlap in px.  [default: tile size / 4]")
-@click.option("--batch-size", type=int, help="Windows per pass.  [default: 4 on CUDA, 1 on CPU]")
+@click.option(
+    "--overlap", type=int, help="Window overlap in px.  [default: 64, at most tile size / 4]"
+)
+@click.option("--batch-size", type=int, help="Windows per pass.  [default: 8 on CUDA, 1 on CPU]")
 @device_opt
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnx", "torch"]),
+    default="auto",
+    show_default=True,
+    help="How the networks run: onnx (ONNX Runtime, the CPU), torch (PyTorch: CUDA, MPS, CPU); "
+    "auto = onnx on the CPU, torch on a GPU.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per process.  [default: the cores this process may use, divided among "
+    "the torchrun ranks of a node]",
+)
 @click.option("--tta", is_flag=True, help="Average over horizontal and vertical flips.")
 @click.option(
     "--nets",
     type=click.Choice(["1", "2", "both"]),
-    default="both",
+    default="1",
     show_default=True,
-    help="Which CPS network(s); both = mean of their softmax.",
+    help="Which CPS network(s); both = mean of their softmax (twice the time; see "
+    "docs/benchmarks.md for what it gains).",
 )
 @click.option(
     "--probabilities",
@@ -76,6 +94,17 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
     type=float,
     help="Add this after --scale (e.g. -1000 for Sentinel-2 L2A of processing baseline 04.00+).",
 )
+@click.option(
+    "--cog",
+    is_flag=True,
+    help="Write Cloud Optimized GeoTIFFs (tiled, with overviews: mode for classes, average for "
+    "probabilities).",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Skip scenes whose mask and report already exist (resume a batch that was stopped).",
+)
 @overwrite_opt
 @click.pass_context
 @user_errors
@@ -89,6 +118,8 @@ def predict(
     overlap: int | None,
     batch_size: int | None,
     device: str | None,
+    backend: str,
+    threads: int | None,
     tta: bool,
     nets: str,
     probabilities: bool,
@@ -96,6 +127,8 @@ def predict(
     bands: tuple[int, ...] | None,
     scale: float,
     offset: float,
+    cog: bool,
+    skip_existing: bool,
     overwrite: bool,
 ) -> None:
     """Predict cloud masks for whole scenes by sliding windows, blended without seams.
@@ -112,33 +145,107 @@ def predict(
     \b
     $ cloudcps predict scene.tif
     $ cloudcps predict scene.tif --model runs/cps --out scene_mask.tif
+    $ cloudcps predict scenes/*.tif --out masks/ --skip-existing --cog
+    $ torchrun --nproc_per_node 4 -m cloudcps.cli.main predict scenes/*.tif --out masks/
+
+    Under torchrun (or any launcher that sets RANK and WORLD_SIZE) the scenes are shared among
+    the ranks, each mask written by exactly one of them.
     """
-    from cloudcps.cps import pick_device
+    from cloudcps.backends import load_model
     from cloudcps.errors import InputError
-    from cloudcps.models import load_for_inference
     from cloudcps.predict import PredictOptions, output_paths, predict_scene
 
     if buffer < 0:
         raise InputError(f"--buffer {buffer} must be >= 0")
-    dev = pick_device(device or "auto")
-    loaded = load_for_inference(model, nets=nets, device=dev)
+    if skip_existing and overwrite:
+        raise InputError("--skip-existing and --overwrite exclude each other; give one")
     masks = output_paths(scenes, out)
     opts = PredictOptions(
-        tile_size, overlap, batch_size, tta, probabilities, buffer, bands, overwrite, scale, offset
+        tile_size,
+        overlap,
+        batch_size,
+        tta,
+        probabilities,
+        buffer,
+        bands,
+        overwrite,
+        scale,
+        offset,
+        cog,
     )
-    from cloudcps.io import check_writable
+    from cloudcps.io import check_writable, remove_stale_temps
 
-    for m in masks:  # refuse before computing anything
-        check_writable(m, overwrite, "--out" if out is not None else "mask")
+    rank, world = shard()
+    # Shard by position in the argument list (the same on every rank whatever is on disk), then
+    # check only this rank's scenes.
+    mine: list[tuple[Path, Path]] = []
+    skipped = 0
+    for scene, m in list(zip(scenes, masks, strict=True))[rank::world]:
+        outputs = prediction_outputs(m, probabilities)
+        if skip_existing and all(p.exists() for p in outputs):
+            skipped += 1
+            continue
+        remove_stale_temps(outputs)
+        for p in outputs:
+            if skip_existing and not m.exists() and p != m:
+                p.unlink(missing_ok=True)  # a sidecar of a run stopped before its mask
+            check_writable(p, overwrite, "--out" if out is not None else "mask")
         if out is None and not os.access(m.parent, os.W_OK):
             raise InputError(
                 f"cannot write {m.name} beside the scene: {m.parent} is not writable; give "
                 "--out FILE_OR_FOLDER"
             )
+        mine.append((scene, m))
+    if skipped and not quiet(ctx):
+        click.echo(f"skipping {skipped} scene(s) whose mask exists (--skip-existing)")
     if out is not None and (len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff")):
         out.mkdir(parents=True, exist_ok=True)
-    for scene, mask in zip(scenes, masks, strict=True):
-        res = predict_scene(scene, loaded, mask, opts, dev, progress=not quiet(ctx))
-        if not quiet(ctx):
-            cover = ", ".join(f"{k} {v:.1f}%" for k, v in res.cover_percent.items())
-            click.echo(f"{scene} -> {res.mask} ({res.seconds:.1f} s): {cover}")
+    if mine:
+        loaded = load_model(model, nets=nets, backend=backend, device=device, threads=threads)
+        for scene, mask in mine:
+            res = predict_scene(scene, loaded, mask, opts, progress=not quiet(ctx))
+            if not quiet(ctx):
+                cover = ", ".join(f"{k} {v:.1f}%" for k, v in res.cover_percent.items())
+                click.echo(f"{scene} -> {res.mask} ({res.seconds:.1f} s): {cover}")
+    if world > 1:
+        done = gather_counts(len(mine))
+        if rank == 0 and not quiet(ctx):
+            click.echo(f"{world} ranks wrote {sum(done)} mask(s): {done} per rank")
+
+
+def prediction_outputs(mask: Path, probabilities: bool) -> list[Path]:
+    """The files one scene's prediction writes: the mask, its JSON report, its probabilities."""
+    from cloudcps.predict import sidecars
+
+    proba, report = sidecars(mask)
+    return [mask, report] + ([proba] if probabilities else [])
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when run alone."""
+    from cloudcps.errors import InputError
+
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise InputError("RANK and WORLD_SIZE must be integers (as torchrun sets them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK {rank} is not within WORLD_SIZE {world}")
+    return rank, world
+
+
+def gather_counts(count: int) -> list[int]:
+    """Every rank's count of written masks (gloo; the ranks also wait for each other here)."""
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo")
+    try:
+        counts: list[int] = [0] * dist.get_world_size()
+        dist.all_gather_object(counts, count)
+    finally:
+        if own:
+            dist.destroy_process_group()
+    return counts

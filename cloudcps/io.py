@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -51,8 +52,71 @@ def check_writable(path: Path, overwrite: bool, option: str = "--out") -> None:
         )
 
 
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """A hidden temporary name beside ``path`` that records the host and process writing it."""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(paths: list[Path]) -> int:
+    """Remove temporary files (and their ``.stage``/``.raw`` companions) left beside ``paths`` by
+    processes of this host that no longer run (killed with SIGKILL, or a power cut)."""
+    removed = 0
+    for path in paths:
+        if not path.parent.is_dir():
+            continue
+        for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-{_HOST}-*"):
+            try:
+                pid = int(tmp.name[len(f".{path.name}.tmp-{_HOST}-") :].split("-")[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _publish_new(tmp: Path, final: Path) -> None:
+    """Move the file ``tmp`` to ``final`` only if ``final`` does not exist (no clobbering: of two
+    runs writing the same output, the later one fails instead of replacing the other's)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"{final} was written by another run while this one worked; it was left as it is "
+            "(choose another path, or pass --overwrite)"
+        ) from None
+    except OSError:  # no hard links on this file system: claim the name, then move onto it
+        try:
+            fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise OutputExistsError(
+                f"{final} was written by another run while this one worked; it was left as it "
+                "is (choose another path, or pass --overwrite)"
+            ) from None
+        os.close(fd)
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
 
 
 def _replace(tmp: Path, final: Path) -> None:
@@ -94,11 +158,14 @@ def atomic_file(path: Path, overwrite: bool = False, option: str = "--out") -> I
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        if overwrite or path.is_dir():
+            _replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:

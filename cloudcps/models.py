@@ -18,6 +18,12 @@ import torch
 from torch import nn
 
 from cloudcps import __version__
+from cloudcps.backends import (  # noqa: F401  (re-exported: where models were found before)
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_FILE,
+    default_model_path,
+    resolve_checkpoint,
+)
 from cloudcps.errors import InputError
 from cloudcps.tiling import DataContract
 
@@ -204,39 +210,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-DEFAULT_MODEL = "default"
-DEFAULT_MODEL_FILE = "starter.pt"
-
-
-def default_model_path() -> Path:
-    """The starter cloud model that ships inside the package (``--model default``)."""
-    from importlib.resources import files
-
-    path = Path(str(files("cloudcps") / "weights" / DEFAULT_MODEL_FILE))
-    if not path.is_file():
-        raise InputError(
-            f"the default model {path} is not installed; reinstall cloudcps, or give --model "
-            "RUN_OR_CKPT"
-        )
-    return path
-
-
-def resolve_checkpoint(path: str | os.PathLike[str], prefer: str = "best.pt") -> Path:
-    """A checkpoint file, ``prefer`` (then ``latest.pt``) inside a run folder, or ``default``
-    (the starter model that ships with cloudcps)."""
-    if str(path) == DEFAULT_MODEL and not Path(path).exists():
-        return default_model_path()
-    p = Path(path)
-    if p.is_dir():
-        for name in (prefer, "latest.pt", "best.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise InputError(f"--model {p} holds no best.pt or latest.pt; give a run folder or a .pt")
-    if not p.is_file():
-        raise InputError(f"--model {p} does not exist; give a run folder or a checkpoint file")
-    return p
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:

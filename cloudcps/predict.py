@@ -11,31 +11,52 @@ Memory is constant in the scene's height and nearly so in its width: the engine 
 blended probabilities of one window (K x tile x tile), the overlap still owed to the next window
 in the row (K x tile x overlap) and the overlap still owed to the next row of windows
 (K x overlap x width), and writes every region the moment no later window can touch it.
+
+Windows are spread evenly: the fewest windows of at most ``tile`` px that cover the scene with
+at least ``overlap`` px between neighbours, shrunk (in steps of 32 px) so that they end at the
+scene's edge instead of running far past it. A reader thread reads and normalises the next
+windows and a writer thread writes finished regions while the network runs, so computing never
+waits for GDAL; both queues are short, so memory stays flat in the scene's size.
+
+The networks run on a backend (:mod:`cloudcps.backends`): ONNX Runtime on the CPU by default,
+PyTorch on CUDA or MPS; both get the same normalised windows and return probabilities.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from cloudcps import __version__
+from cloudcps.backends import InferenceModel, describe, from_loaded
 from cloudcps.errors import InputError
 from cloudcps.io import atomic_file, check_writable, open_raster, read_valid_mask
-from cloudcps.models import LoadedModel
-from cloudcps.tiling import GDAL_ENV, DataContract
+from cloudcps.tiling import GDAL_ENV, DataContract, Stretch
+
+if TYPE_CHECKING:
+    import torch
+
+    from cloudcps.models import LoadedModel
+
+    ModelLike = LoadedModel | InferenceModel
+    DeviceLike = torch.device | str | None
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +94,7 @@ class PredictOptions:
     overwrite: bool = False
     scale: float = 1.0
     offset: float = 0.0
+    cog: bool = False
 
 
 @dataclass
@@ -93,11 +115,19 @@ class PredictResult:
 
 
 def axis_windows(length: int, tile: int, overlap: int) -> tuple[int, int, list[int]]:
-    """Window size, overlap and start offsets along one axis (regular grid; may pass the end)."""
+    """Window size, overlap and start offsets along one axis.
+
+    The fewest windows of at most ``tile`` px that cover ``length`` with ``overlap`` px between
+    neighbours; their size is then shrunk to the smallest multiple of 32 that still covers, so
+    the last window ends less than 32 px per window past the edge.
+    """
     size = min(tile, 32 * math.ceil(length / 32))
     ov = min(overlap, size // 2)
+    n = max(1, math.ceil((length - ov) / (size - ov)))
+    if n > 1:
+        size = min(size, 32 * math.ceil((length + (n - 1) * ov) / n / 32))
+        ov = min(ov, size // 2)
     stride = size - ov
-    n = 1 + max(0, math.ceil((length - size) / stride))
     return size, ov, [i * stride for i in range(n)]
 
 
@@ -192,22 +222,79 @@ class Sink(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
+def as_inference(model: ModelLike, device: DeviceLike = None) -> InferenceModel:
+    """An :class:`~cloudcps.backends.InferenceModel`; a PyTorch ``LoadedModel`` is wrapped."""
+    if isinstance(model, InferenceModel):
+        return model
+    return from_loaded(model, device or "cpu")
+
+
+class InputTransform:
+    """Raw scene values of a window to the normalised float32 input the networks were trained on.
+
+    The same arithmetic as the tiler's 8-bit stretch followed by the training normalisation;
+    for 8- and 16-bit data it is one table lookup per pixel (tables built by running that
+    arithmetic over every possible value), for other types it is computed directly.
+    """
+
+    def __init__(self, contract: DataContract, scale: float = 1.0, offset: float = 0.0) -> None:
+        self.stretch: Stretch = contract.stretch
+        self.scale, self.offset = scale, offset
+        mean = np.asarray(contract.mean, np.float32)
+        std = np.asarray(contract.std, np.float32)
+        u8 = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        self.norm8 = ((u8[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
+        self.fill = self.norm8[:, 0]  # nodata pixels are 0 in the 8-bit tiles
+        self._luts: dict[str, np.ndarray] = {}
+
+    def _scaled(self, data: np.ndarray) -> np.ndarray:
+        if self.scale != 1.0 or self.offset != 0.0:
+            return data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        return data
+
+    def _lut(self, dtype: np.dtype[Any], bands: int) -> np.ndarray:
+        key = f"{dtype.str}:{bands}"
+        if key not in self._luts:
+            n = 1 << (8 * dtype.itemsize)
+            values = np.broadcast_to(np.arange(n, dtype=dtype), (bands, 1, n))
+            img = self.stretch.apply(self._scaled(values))[:, 0, :]  # (bands, n) uint8
+            self._luts[key] = np.stack([self.norm8[b][img[b]] for b in range(bands)])
+        return self._luts[key]
+
+    def __call__(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        c = data.shape[0]
+        out = np.empty(data.shape, np.float32)
+        if data.dtype in (np.uint8, np.uint16):
+            lut = self._lut(data.dtype, c)
+            for b in range(c):
+                np.take(lut[b], data[b], out=out[b])
+        else:
+            img = self.stretch.apply(self._scaled(data))
+            for b in range(c):
+                np.take(self.norm8[b], img[b], out=out[b])
+        if not valid.all():
+            out[:, ~valid] = self.fill[:c, None]
+        return out
+
+
 class Predictor:
-    """Runs a loaded model over sources window by window.
+    """Runs a model over sources window by window.
 
     Args:
-        loaded: the model and its data contract (:func:`cloudcps.models.load_for_inference`).
-        device: where the model lives.
-        tile_size, overlap: window geometry (defaults: the contract's tile size, a quarter of it).
-        batch_size: windows per forward pass (default 4 on CUDA, 1 on CPU, where batching only
-            costs memory).
+        model: an :class:`~cloudcps.backends.InferenceModel` (:func:`cloudcps.backends.load_model`,
+            any backend) or a PyTorch ``LoadedModel`` (:func:`cloudcps.models.load_for_inference`).
+        device: where a ``LoadedModel`` runs (ignored for an ``InferenceModel``).
+        tile_size, overlap: window geometry (defaults: the contract's tile size, 128 px).
+        batch_size: windows per forward pass (default 8 on CUDA, 1 on the CPU, where batching
+            only costs memory).
         tta: average the softmax of the image and its horizontal and vertical flips.
+        scale, offset: applied to the scene's values before the stretch.
     """
 
     def __init__(
         self,
-        loaded: LoadedModel,
-        device: torch.device,
+        model: ModelLike,
+        device: DeviceLike = None,
         tile_size: int | None = None,
         overlap: int | None = None,
         batch_size: int | None = None,
@@ -217,55 +304,40 @@ class Predictor:
     ) -> None:
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
             raise InputError(f"--scale {scale} must be > 0 and --offset {offset} finite")
-        self.scale, self.offset = scale, offset
-        self.loaded = loaded
-        self.contract: DataContract = loaded.contract
-        self.model = loaded.model
-        self.device = device
+        self.model = as_inference(model, device)
+        self.contract: DataContract = self.model.contract
+        self.runner = self.model.runner
         self.tile = tile_size or self.contract.tile_size
         if self.tile < 32 or self.tile % 32:
             raise InputError(f"--tile-size {self.tile} must be a multiple of 32")
-        self.overlap = self.tile // 4 if overlap is None else overlap
+        self.overlap = min(DEFAULT_OVERLAP, self.tile // 4) if overlap is None else overlap
         if not 0 <= self.overlap <= self.tile // 2:
             raise InputError(
                 f"--overlap {self.overlap} must be between 0 and half of --tile-size ({self.tile})"
             )
-        self.batch_size = max(1, batch_size or (4 if device.type == "cuda" else 1))
+        on_gpu = self.runner.device.startswith(("cuda", "mps"))
+        self.batch_size = max(1, batch_size or (8 if on_gpu else 1))
         self.tta = tta
-        self.amp = torch.bfloat16 if device.type == "cuda" else None
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(self.contract.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.contract.std, device=device).view(1, 3, 1, 1)
+        self.transform = InputTransform(self.contract, scale, offset)
         self.k = self.contract.num_classes
 
-    def _to_input(self, data: np.ndarray, valid: np.ndarray) -> torch.Tensor:
-        if self.scale != 1.0 or self.offset != 0.0:
-            data = data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
-        img = self.contract.stretch.apply(data)  # the tiler's 8-bit contract
-        img[:, ~valid] = 0
-        return torch.from_numpy(img)
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        if not self.tta:
+            return self.runner(x)
+        out = self.runner(x)
+        for axis in (-1, -2):
+            flipped = np.ascontiguousarray(np.flip(x, axis))
+            out += np.flip(self.runner(flipped), axis)
+        return out / np.float32(3.0)
 
-    @torch.inference_mode()
-    def _infer(self, batch: list[torch.Tensor]) -> np.ndarray:
-        x = torch.stack(batch).to(self.device).float().div_(255.0)
-        x = (x - self.mean) / self.std
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        flips: list[tuple[int, ...]] = [(), (-1,), (-2,)] if self.tta else [()]
-        out = torch.zeros(0)
-        for dims in flips:
-            xi = torch.flip(x, dims) if dims else x
-            with torch.autocast(
-                self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
-            ):
-                p = self.model(xi).float()  # the ensemble returns probabilities
-            p = torch.flip(p, dims) if dims else p
-            out = p if out.numel() == 0 else out + p
-        return (out / len(flips)).cpu().numpy()
+    def run(
+        self, source: Source, sink: Sink, progress: bool = False, background: bool = True
+    ) -> None:
+        """Predict ``source`` and hand every finished region to ``sink`` (see the module doc).
 
-    def run(self, source: Source, sink: Sink, progress: bool = False) -> None:
-        """Predict ``source`` and hand every finished region to ``sink`` (see the module doc)."""
+        With ``background`` the next windows are read and finished regions written in two
+        threads beside the computation.
+        """
         from tqdm import tqdm
 
         H, W, K = source.height, source.width, self.k
@@ -274,43 +346,186 @@ class Predictor:
         sy, sx = th - oy, tw - ox
         wy = [ramp(th, oy, i == 0, i == len(rows) - 1) for i in range(len(rows))]
         wx = [ramp(tw, ox, j == 0, j == len(cols) - 1) for j in range(len(cols))]
+        jobs = [
+            (i, r, batch)
+            for i, r in enumerate(rows)
+            for batch in _chunks(list(enumerate(cols)), self.batch_size)
+        ]
+
+        def read(job: tuple[int, int, list[tuple[int, int]]]) -> tuple[np.ndarray, list[Any]]:
+            _, r, batch = job
+            xs, valids = [], []
+            for _, c in batch:
+                data, valid = source.read(r, c, th, tw)
+                xs.append(self.transform(data, valid))
+                valids.append(valid)
+            return np.stack(xs), valids
+
         vcarry = np.zeros((K, oy, cols[-1] + tw), np.float32)  # owed to the next row of windows
+        hcarry = np.zeros((K, th, ox), np.float32)  # owed to the next window in the row
         bar = tqdm(total=len(rows) * len(cols), unit="win", desc="predict", disable=not progress)
+        out = _WriteBehind(sink) if background else sink
         try:
-            for i, r in enumerate(rows):
+            for (i, r, batch), (x, valids) in _prefetch(read, jobs, 2 if background else 0):
                 last_row = i == len(rows) - 1
-                hcarry = np.zeros((K, th, ox), np.float32)  # owed to the next window in the row
-                for batch in _chunks(list(enumerate(cols)), self.batch_size):
-                    tiles, valids = [], []
-                    for _, c in batch:
-                        data, valid = source.read(r, c, th, tw)
-                        tiles.append(self._to_input(data, valid))
-                        valids.append(valid)
-                    probs = self._infer(tiles)
-                    for (j, c), p, valid in zip(batch, probs, valids, strict=True):
-                        last_col = j == len(cols) - 1
-                        acc = p * (wy[i][:, None] * wx[j][None, :])[None]
-                        if ox:
-                            acc[:, :, :ox] += hcarry
-                            hcarry = acc[:, :, sx:].copy()
-                        ncols = tw if last_col else sx
-                        block = acc[:, :, :ncols]
-                        if oy:
-                            block[:, :oy] += vcarry[:, :, c : c + ncols]
-                            if not last_row:
-                                vcarry[:, :, c : c + ncols] = block[:, sy:]
-                        nrows = th if last_row else sy
-                        h, w = min(nrows, H - r), min(ncols, W - c)
-                        if h > 0 and w > 0:
-                            sink.write(r, c, block[:, :h, :w], valid[:h, :w])
-                        bar.update(1)
+                probs = self._infer(x)
+                for (j, c), p, valid in zip(batch, probs, valids, strict=True):
+                    if j == 0:
+                        hcarry[:] = 0
+                    last_col = j == len(cols) - 1
+                    _weigh(p, wy[i], oy, 1)
+                    _weigh(p, wx[j], ox, 2)
+                    acc = p
+                    if ox:
+                        acc[:, :, :ox] += hcarry
+                        hcarry[:] = acc[:, :, sx:]
+                    ncols = tw if last_col else sx
+                    block = acc[:, :, :ncols]
+                    if oy:
+                        block[:, :oy] += vcarry[:, :, c : c + ncols]
+                        if not last_row:
+                            vcarry[:, :, c : c + ncols] = block[:, sy:]
+                    nrows = th if last_row else sy
+                    h, w = min(nrows, H - r), min(ncols, W - c)
+                    if h > 0 and w > 0:
+                        out.write(r, c, block[:, :h, :w], valid[:h, :w])
+                    bar.update(1)
+            if isinstance(out, _WriteBehind):
+                out.close()
         finally:
+            if isinstance(out, _WriteBehind):
+                out.abort()
             bar.close()
+
+
+DEFAULT_OVERLAP = 64
+
+
+def _weigh(p: np.ndarray, w: np.ndarray, ov: int, axis: int) -> None:
+    """Multiply ``p`` (K, h, w) in place by the 1-D blend weight ``w`` along ``axis``; the weight
+    is 1 except within ``ov`` of either end, so only those strips are touched."""
+    if not ov:
+        return
+    n = w.shape[0]
+    for sl in (slice(0, ov), slice(n - ov, n)):
+        ws = w[sl]
+        if np.all(ws == 1.0):
+            continue
+        if axis == 1:
+            p[:, sl, :] *= ws[None, :, None]
+        else:
+            p[:, :, sl] *= ws[None, None, :]
 
 
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+_DONE = object()
+
+
+def _prefetch(
+    func: Callable[[Any], T], items: Iterable[Any], depth: int
+) -> Iterator[tuple[Any, T]]:
+    """``(item, func(item))`` in order, computed up to ``depth`` items ahead in a thread."""
+    if depth <= 0:
+        for item in items:
+            yield item, func(item)
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                res = (item, func(item))
+                while not stop.is_set():
+                    try:
+                        q.put(res, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(_Failure(exc))
+            return
+        q.put(_DONE)
+
+    t = threading.Thread(target=work, name="cloudcps-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            got = q.get()
+            if got is _DONE:
+                return
+            if isinstance(got, _Failure):
+                raise got.exc
+            yield got
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
+        t.join()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _WriteBehind:
+    """Runs ``sink.write`` in a thread, a few regions behind the caller."""
+
+    def __init__(self, sink: Sink, depth: int = 3) -> None:
+        self.sink = sink
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="cloudcps-write", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is _DONE:
+                return
+            if self.error is None:
+                try:
+                    self.sink.write(*item)
+                except BaseException as exc:
+                    self.error = exc
+
+    def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((row, col, probs, valid))
+
+    def close(self) -> None:
+        """Wait for every region to be written; re-raise a write error."""
+        self.q.put(_DONE)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.error = self.error or RuntimeError("aborted")
+            self.q.put(_DONE)
+            self.thread.join()
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(0)`` as uint8 (first class wins ties), in contiguous passes (faster than
+    numpy's argmax over the first axis)."""
+    cls = np.zeros(probs.shape[1:], np.uint8)
+    best = probs[0].copy()
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        cls[better] = k
+        np.maximum(best, probs[k], out=best)
+    return cls
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +542,7 @@ class ArraySink:
 
     def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
         h, w = valid.shape
-        cls = probs.argmax(0).astype(np.uint8)
+        cls = argmax_classes(probs)
         cls[~valid] = NODATA
         self.classes[row : row + h, col : col + w] = cls
         if self.probs is not None:
@@ -345,7 +560,7 @@ class RasterSink:
     def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
         h, w = valid.shape
         win = Window(col, row, w, h)
-        cls = probs.argmax(0).astype(np.uint8)
+        cls = argmax_classes(probs)
         cls[~valid] = NODATA
         self.mask.write(cls, 1, window=win)
         self.counts += np.bincount(cls[valid], minlength=self.k)[: self.k]
@@ -412,16 +627,13 @@ def check_value_range(
     """A warning when the scene's values are far outside what the model's stretch expects.
 
     A model trained on reflectance x 10000 turns reflectance in 0-1 into a black image, and
-    8-bit or differently scaled data into nonsense, without any error: a decimated read of the
-    scene is compared with the contract's stretch range.
+    8-bit or differently scaled data into nonsense, without any error: a sample of the scene
+    (:func:`sample_scene`) is compared with the contract's stretch range.
     """
     st = contract.stretch
     if st.method == "none":
         return None
-    f = max(1.0, max(src.width, src.height) / 512)
-    shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
-    data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
-    valid = read_valid_mask(src, tuple(bands), out_shape=shape)
+    data, valid = sample_scene(src, bands)
     values = data[:, valid].astype(np.float64)
     values = values[:, np.all(np.isfinite(values), axis=0)] * scale + offset
     if values.size == 0:
@@ -443,6 +655,29 @@ def check_value_range(
             "the mask will be wrong; scale the values with --scale (e.g. --scale 0.1) or --offset"
         )
     return None
+
+
+def sample_scene(
+    src: rasterio.DatasetReader, bands: Sequence[int], grid: int = 6, size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """A cheap sample of a scene's values and valid mask: its overviews when it has some, else
+    ``grid`` x ``grid`` small windows spread over it (a decimated read of a scene without
+    overviews decodes every block: seconds for a Sentinel-2 scene)."""
+    if src.overviews(bands[0]) or max(src.width, src.height) <= grid * size:
+        f = max(1.0, max(src.width, src.height) / 512)
+        shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
+        data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+        return data, read_valid_mask(src, tuple(bands), out_shape=shape)
+    parts, masks = [], []
+    h, w = min(size, src.height), min(size, src.width)
+    for i in range(grid):
+        for j in range(grid):
+            r = round((src.height - h) * (i + 0.5) / grid)
+            c = round((src.width - w) * (j + 0.5) / grid)
+            win = Window(c, r, w, h)
+            parts.append(src.read(list(bands), window=win))
+            masks.append(read_valid_mask(src, tuple(bands), window=win))
+    return np.concatenate(parts, axis=2), np.concatenate(masks, axis=1)
 
 
 def default_mask_path(scene: Path) -> Path:
@@ -468,17 +703,17 @@ def output_paths(scenes: Sequence[Path], out: Path | None) -> list[Path]:
     return [out / f"{s.stem}_mask.tif" for s in scenes]
 
 
-def _sidecars(mask: Path) -> tuple[Path, Path]:
+def sidecars(mask: Path) -> tuple[Path, Path]:
     stem = mask.name[: -len(mask.suffix)] if mask.suffix else mask.name
     return mask.with_name(f"{stem}_proba.tif"), mask.with_name(f"{stem}.json")
 
 
 def predict_scene(
     scene: str | os.PathLike[str],
-    loaded: LoadedModel,
+    model: ModelLike,
     out: str | os.PathLike[str],
     options: PredictOptions | None = None,
-    device: torch.device | None = None,
+    device: DeviceLike = None,
     progress: bool = False,
 ) -> PredictResult:
     """Predict one scene into a georeferenced mask GeoTIFF (plus probabilities and a JSON report).
@@ -489,9 +724,9 @@ def predict_scene(
     Everything is written under temporary names and renamed when complete.
     """
     opts = options or PredictOptions()
-    dev = device or torch.device("cpu")
+    loaded = as_inference(model, device)
     scene_p, mask_p = Path(scene), Path(out)
-    proba_p, json_p = _sidecars(mask_p)
+    proba_p, json_p = sidecars(mask_p)
     for p in [mask_p, json_p] + ([proba_p] if opts.probabilities else []):
         check_writable(p, opts.overwrite)
     t0 = time.perf_counter()
@@ -499,7 +734,7 @@ def predict_scene(
     k = contract.num_classes
     predictor = Predictor(
         loaded,
-        dev,
+        None,
         opts.tile_size,
         opts.overlap,
         opts.batch_size,
@@ -528,14 +763,20 @@ def predict_scene(
             atomic_file(json_p, opts.overwrite) as tmp_json,
             _maybe_atomic(proba_p if opts.probabilities else None, opts.overwrite) as tmp_proba,
         ):
-            raw_mask = tmp_mask.with_name(tmp_mask.name + ".raw") if opts.buffer else tmp_mask
+            stage = tmp_mask.with_name(tmp_mask.name + ".stage") if opts.cog else tmp_mask
+            raw_mask = stage.with_name(stage.name + ".raw") if opts.buffer else stage
+            proba_stage = (
+                tmp_proba.with_name(tmp_proba.name + ".stage")
+                if (opts.cog and tmp_proba is not None)
+                else tmp_proba
+            )
             try:
                 with rasterio.open(
                     raw_mask, "w", count=1, dtype="uint8", nodata=NODATA, **profile
                 ) as dst:
                     pdst = (
-                        rasterio.open(tmp_proba, "w", count=k, dtype="uint8", **profile)
-                        if tmp_proba is not None
+                        rasterio.open(proba_stage, "w", count=k, dtype="uint8", **profile)
+                        if proba_stage is not None
                         else None
                     )
                     try:
@@ -554,16 +795,21 @@ def predict_scene(
                             pdst.close()
                 counts = sink.counts
                 if opts.buffer:
-                    counts = _buffer_raster(raw_mask, tmp_mask, opts.buffer, k, profile)
+                    counts = _buffer_raster(raw_mask, stage, opts.buffer, k, profile)
+                valid_px = int(counts.sum())
+                cover = {
+                    name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
+                    for name, c in zip(contract.classes, counts, strict=True)
+                }
+                _finish_mask(stage, contract, cover, loaded, opts)
+                if opts.cog:
+                    write_cog(stage, tmp_mask, "mode")
+                    if proba_stage is not None and tmp_proba is not None:
+                        write_cog(proba_stage, tmp_proba, "average")
             finally:
-                if opts.buffer and raw_mask.exists():
-                    raw_mask.unlink()
-            valid_px = int(counts.sum())
-            cover = {
-                name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
-                for name, c in zip(contract.classes, counts, strict=True)
-            }
-            _finish_mask(tmp_mask, contract, cover, loaded, opts)
+                for extra in {raw_mask, stage, proba_stage} - {tmp_mask, tmp_proba, None}:
+                    if extra is not None and extra.exists():
+                        extra.unlink()
             seconds = time.perf_counter() - t0
             report = {
                 "scene": str(scene_p),
@@ -582,6 +828,8 @@ def predict_scene(
                 "bands": bands,
                 "tile_size": predictor.tile,
                 "overlap": predictor.overlap,
+                **describe(loaded),
+                "cog": opts.cog,
                 "tta": opts.tta,
                 "buffer": opts.buffer,
                 "scale": opts.scale,
@@ -639,11 +887,27 @@ def _buffer_raster(
     return counts
 
 
+def write_cog(src: Path, dst: Path, resampling: str) -> None:
+    """Copy a GeoTIFF to a Cloud Optimized GeoTIFF (GDAL's COG driver) with overviews made by
+    ``resampling`` (``mode`` for classes, ``average`` for probabilities)."""
+    from rasterio.shutil import copy as rio_copy
+
+    rio_copy(
+        src,
+        dst,
+        driver="COG",
+        compress="DEFLATE",
+        blocksize=512,
+        overview_resampling=resampling.upper(),
+        num_threads="ALL_CPUS",
+    )
+
+
 def _finish_mask(
     path: Path,
     contract: DataContract,
     cover: dict[str, float],
-    loaded: LoadedModel,
+    loaded: InferenceModel,
     opts: PredictOptions,
 ) -> None:
     colours = class_colours(contract.num_classes)
@@ -674,13 +938,13 @@ def _finish_mask(
 
 def predict_array(
     array: np.ndarray,
-    loaded: LoadedModel,
+    model: ModelLike,
     valid: np.ndarray | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
     tta: bool = False,
-    device: torch.device | None = None,
+    device: DeviceLike = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict a (bands, H, W) array of raw scene values (R,G,B[,NIR] as in the contract).
 
@@ -689,10 +953,8 @@ def predict_array(
     """
     if array.ndim != 3 or array.shape[0] < 3:
         raise InputError(f"expected an array of shape (bands>=3, H, W), got {array.shape}")
-    predictor = Predictor(
-        loaded, device or torch.device("cpu"), tile_size, overlap, batch_size, tta
-    )
-    sink = ArraySink(array.shape[1], array.shape[2], loaded.contract.num_classes)
+    predictor = Predictor(model, device, tile_size, overlap, batch_size, tta)
+    sink = ArraySink(array.shape[1], array.shape[2], predictor.k)
     predictor.run(ArraySource(array[:3], valid), sink)
     assert sink.probs is not None
     return sink.classes, sink.probs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from affine import Affine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a stray hub call fails at once instead of hanging
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# exported ONNX graphs of the tests' checkpoints go to a throw-away cache, not the user's
+os.environ.setdefault("CLOUDCPS_CACHE", tempfile.mkdtemp(prefix="cloudcps-test-cache-"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
