@@ -93,13 +93,14 @@ def evaluate(
         parse_merge,
         write_report,
     )
-    from cloudcps.io import check_writable
+    from cloudcps.io import check_out_dir
 
     try:
         folds = parse_merge(merge)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--merge") from None
-    check_writable(out, overwrite)
+    inputs = [*models, *preds, *refs] + ([data] if data is not None else [])
+    check_out_dir(out, overwrite, "report", inputs)
     if models and (preds or refs):
         raise InputError("give either --model with --data, or --pred with --ref, not both")
     if models:

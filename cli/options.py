@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,15 +14,89 @@ from cloudcps.errors import CloudCPSError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _one_line(text: str) -> str:
+    """The message of an error, on one line.
+
+    An error raised in a DataLoader worker comes back as "Caught X in DataLoader worker process
+    0. Original Traceback ...": its own message is the last line.
+    """
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if "Original Traceback" in text:
+        head, _, msg = lines[-1].partition(": ")
+        return msg if msg and head.replace(".", "_").isidentifier() else lines[-1]
+    return lines[0] if len(lines) == 1 else " ".join(lines[:2])[:400]
+
+
+_ERRNO_FIX = {
+    errno.ENOSPC: "free some space or choose another --out",
+    errno.EDQUOT: "free some space or choose another --out",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EACCES: "check the permissions, or choose another --out",
+    errno.EPERM: "check the permissions, or choose another --out",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "it is a folder: give a file",
+    errno.EEXIST: "it exists: choose another path",
+    errno.ENOTEMPTY: "it is not empty: choose another path",
+}
+
+
+def explain(exc: BaseException) -> str:
+    """One line for any error: what failed, on which file, and what to do."""
+    if isinstance(exc, CloudCPSError):
+        return _one_line(str(exc))
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = exc.filename if exc.filename is not None else ""
+        what = f"{exc.strerror or 'error'}" + (f": {name}" if name else "")
+        fix = _ERRNO_FIX.get(exc.errno, "check the file and the disk")
+        return f"{what}; {fix}"
+    try:
+        from rasterio.errors import RasterioError
+
+        from cloudcps.io import GDAL_ERRORS, gdal_message
+
+        if isinstance(exc, (RasterioError, *GDAL_ERRORS)):
+            return (
+                f"GDAL could not read or write a raster ({gdal_message(exc)}); the file may be "
+                "truncated or corrupt: check it with gdalinfo -checksum"
+            )
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller --tile-size, --batch-size or --crop"
+    first = _one_line(str(exc)) or type(exc).__name__
+    return (
+        f"unexpected error {type(exc).__name__}: {first} (run again with --debug for the "
+        "traceback and report it)"
+    )
+
+
+def debug(ctx: click.Context | None = None) -> bool:
+    ctx = ctx or click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root and root.obj and root.obj.get("debug"))
+
+
 def user_errors(func: F) -> F:
-    """Turn the library's :class:`CloudCPSError` into a one-line click error (exit status 1)."""
+    """The error boundary of every command: any error becomes one line naming the file or option
+    and the fix, with exit status 1 (``--debug`` shows the traceback instead)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except CloudCPSError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            if debug():
+                raise
+            raise click.ClickException("interrupted; nothing half-written was left") from None
+        except Exception as exc:
+            if debug():
+                raise
+            raise click.ClickException(explain(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -155,8 +155,8 @@ def predict(
     from cloudcps.errors import InputError
     from cloudcps.predict import PredictOptions, output_paths, predict_scene
 
-    if buffer < 0:
-        raise InputError(f"--buffer {buffer} must be >= 0")
+    if not 0 <= buffer <= MAX_BUFFER:
+        raise InputError(f"--buffer {buffer} must be between 0 and {MAX_BUFFER} pixels")
     if skip_existing and overwrite:
         raise InputError("--skip-existing and --overwrite exclude each other; give one")
     masks = output_paths(scenes, out)
@@ -173,8 +173,9 @@ def predict(
         offset,
         cog,
     )
-    from cloudcps.io import check_writable, remove_stale_temps
+    from cloudcps.io import check_output_file, remove_stale_temps
 
+    inputs = [*scenes, model] if Path(model).exists() else list(scenes)
     rank, world = shard()
     # Shard by position in the argument list (the same on every rank whatever is on disk), then
     # check only this rank's scenes.
@@ -189,7 +190,7 @@ def predict(
         for p in outputs:
             if skip_existing and not m.exists() and p != m:
                 p.unlink(missing_ok=True)  # a sidecar of a run stopped before its mask
-            check_writable(p, overwrite, "--out" if out is not None else "mask")
+            check_output_file(p, overwrite, inputs, "--out" if out is not None else "mask")
         if out is None and not os.access(m.parent, os.W_OK):
             raise InputError(
                 f"cannot write {m.name} beside the scene: {m.parent} is not writable; give "
@@ -211,6 +212,9 @@ def predict(
         done = gather_counts(len(mine))
         if rank == 0 and not quiet(ctx):
             click.echo(f"{world} ranks wrote {sum(done)} mask(s): {done} per rank")
+
+
+MAX_BUFFER = 250  # scikit-image's disk decomposition stops at radius 251
 
 
 def prediction_outputs(mask: Path, probabilities: bool) -> list[Path]:

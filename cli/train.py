@@ -109,11 +109,18 @@ def train(
         trainer = Trainer(cfg, resume_state=state, overwrite=overwrite, progress=not quiet(ctx))
         result = trainer.fit()
     except KeyboardInterrupt:
-        click.echo(
-            f"interrupted; {Path(cfg.out) / 'latest.pt'} holds the last finished iteration: "
-            "continue with --resume",
-            err=True,
-        )
+        latest = Path(cfg.out) / "latest.pt"
+        if latest.is_file():
+            click.echo(
+                f"interrupted; {latest} holds the last saved iteration: continue with --resume",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"interrupted before the first checkpoint; nothing to resume in {cfg.out}: start "
+                "again with --overwrite",
+                err=True,
+            )
         sys.exit(130)
     if trainer.rt.main and not quiet(ctx):
         click.echo(f"trained {cfg.mode} to iteration {result.iteration} in {result.out}")

@@ -81,7 +81,19 @@ class TrainConfig:
             (0 < self.threshold < 1, f"--threshold {self.threshold} must be in (0, 1)"),
             (0 < self.scale_min <= self.scale_max, "scale_min must be > 0 and <= scale_max"),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be > 0"),
+            (0 <= self.momentum < 1, f"momentum {self.momentum} must be in [0, 1)"),
+            (self.weight_decay >= 0, f"weight_decay {self.weight_decay} must be >= 0"),
+            (self.lr_power >= 0, f"lr_power {self.lr_power} must be >= 0"),
+            (self.log_every >= 1, f"--log-every {self.log_every} must be at least 1"),
+            (self.eval_every >= 0, f"--eval-every {self.eval_every} must be >= 0 (0 = iters/10)"),
+            (self.val_max >= 0, f"--val-max {self.val_max} must be >= 0 (0 = all)"),
+            (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
+            (self.crop <= 8192, f"--crop {self.crop} must be at most 8192"),
         ]
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{f.name} is {v}; give a finite number")
         if self.class_weights not in ("none", "auto"):
             try:
                 ws = [float(v) for v in self.class_weights.split(",")]
@@ -164,6 +176,11 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
         raise InputError(f"--config {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(f"--config {p} must hold a mapping of option: value")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise InputError(
+            f"--config {p}: key {bad[0]!r} is not an option name; keys are names such as iters"
+        )
     return config_from_dict({k.replace("-", "_"): v for k, v in data.items()}, base)
 
 

@@ -180,6 +180,7 @@ def build_data(cfg: TrainConfig) -> TrainData:
     if cfg.val_max > 0:
         val_items = val_items[: cfg.val_max]
     mean, std = contract.mean, contract.std
+    k = contract.num_classes
     # unlabelled images never show their labels; pooled labelled images keep theirs, which only
     # restrict pseudo-labels where they are partial (sets of classes)
     unl_items = [dataclasses.replace(it, label=None) for it in unl_items]
@@ -187,9 +188,9 @@ def build_data(cfg: TrainConfig) -> TrainData:
         unl_items = unl_items + list(lab_items)
     return TrainData(
         contract=contract,
-        labeled=SegmentationDataset(lab_items, aug, True, mean, std),
-        unlabeled=SegmentationDataset(unl_items, aug, True, mean, std) if unl_items else None,
-        val=SegmentationDataset(val_items, None, True, mean, std) if val_items else None,
+        labeled=SegmentationDataset(lab_items, aug, True, mean, std, k),
+        unlabeled=SegmentationDataset(unl_items, aug, True, mean, std, k) if unl_items else None,
+        val=SegmentationDataset(val_items, None, True, mean, std, k) if val_items else None,
         source=source,
     )
 
@@ -326,9 +327,27 @@ def resolve_config(
         out = Path(overrides.get("out") or base.out)
         latest = out / "latest.pt"
         if not latest.is_file():
+            if (out / "metrics.jsonl").exists():
+                raise InputError(
+                    f"--resume: {out} holds no latest.pt (the run stopped before its first "
+                    "checkpoint); start over with --overwrite instead of --resume"
+                )
             raise InputError(f"--resume: {latest} does not exist; start a run without --resume")
         state = load_checkpoint(latest)
-        base = config_from_dict(state["config"])
+        try:
+            base = config_from_dict(state["config"])
+        except (KeyError, TypeError, AttributeError):
+            raise InputError(
+                f"--resume: {latest} holds no training config; it is not a cloudcps train "
+                "checkpoint"
+            ) from None
+        for key in ("mode", "arch", "encoder"):
+            given = overrides.get(key)
+            if given is not None and str(given) != str(getattr(base, key)):
+                raise InputError(
+                    f"--resume: {out} was trained with --{key} {getattr(base, key)}, not "
+                    f"{given}; drop --{key}, or start a new run in another --out"
+                )
     if config_file:
         base = load_config(config_file, base)
     cfg = config_from_dict({k: v for k, v in overrides.items() if v is not None}, base)
@@ -426,8 +445,16 @@ class Trainer:
             return
         if resuming:
             return
-        if (self.out / "latest.pt").exists() or (self.out / "metrics.jsonl").exists():
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out} is a file; give a folder for the run")
+        has_ckpt = (self.out / "latest.pt").exists()
+        if has_ckpt or (self.out / "metrics.jsonl").exists():
             if not overwrite:
+                if not has_ckpt:
+                    raise InputError(
+                        f"--out {self.out} holds a run that stopped before its first checkpoint "
+                        "(no latest.pt); pass --overwrite to start over, or choose another --out"
+                    )
                 raise InputError(
                     f"--out {self.out} already holds a run; pass --resume to continue it, "
                     "--overwrite to start over, or choose another --out"
@@ -435,9 +462,9 @@ class Trainer:
             for name in ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.out / name).unlink()
+            for tmp in self.out.glob(".*.pt.tmp-*"):
+                tmp.unlink(missing_ok=True)
             shutil.rmtree(self.out / "tb", ignore_errors=True)
-        elif self.out.is_file():
-            raise InputError(f"--out {self.out} is a file; give a folder for the run")
         self.out.mkdir(parents=True, exist_ok=True)
 
     def _place(self, net: nn.Module) -> nn.Module:
@@ -475,8 +502,14 @@ class Trainer:
         # metrics rows past the checkpoint belong to the interrupted tail: drop them
         mpath = self.out / "metrics.jsonl"
         if self.rt.main and mpath.exists():
-            rows = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
-            keep = [r for r in rows if json.loads(r).get("iter", 0) <= self.iteration]
+            keep = []
+            for line in mpath.read_text(errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a kill (or anything not ours): dropped
+                if isinstance(row, dict) and int(row.get("iter", 0) or 0) <= self.iteration:
+                    keep.append(line)
             mpath.write_text("".join(r + "\n" for r in keep))
         log.info("resumed %s at iteration %d", self.out / "latest.pt", self.iteration)
 

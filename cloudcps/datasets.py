@@ -29,6 +29,8 @@ from cloudcps.tiling import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MANIFEST_FORMAT,
+    MAX_PARTIAL_CLASSES,
+    PARTIAL_BASE,
     DataContract,
     Stretch,
 )
@@ -107,6 +109,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         augment_cfg: training augmentation, or ``None`` for whole images (validation).
         labeled: whether labels are read (unlabelled samples get a mask of 255).
         mean, std: normalisation.
+        num_classes: when given, a label value that is neither a class id, 255 (ignore) nor a
+            partial-label code of these classes is an error naming the file (instead of an
+            index error deep inside the loss).
     """
 
     def __init__(
@@ -116,11 +121,21 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         labeled: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        num_classes: int | None = None,
     ) -> None:
         self.items = list(items)
         self.augment_cfg = augment_cfg
         self.labeled = labeled
         self.mean, self.std = tuple(mean), tuple(std)
+        self.allowed: np.ndarray | None = None
+        if num_classes is not None:
+            ok = np.zeros(256, bool)
+            ok[: min(num_classes, PARTIAL_BASE)] = True
+            ok[IGNORE_INDEX] = True
+            if num_classes <= MAX_PARTIAL_CLASSES:
+                for code in range(PARTIAL_BASE + 1, PARTIAL_BASE + (1 << num_classes)):
+                    ok[code] = True
+            self.allowed = ok
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,11 +143,13 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw image (H, W, 3) uint8, mask (H, W) uint8 and valid (H, W) bool of item ``i``."""
         it = self.items[i]
+        reading = it.image
         try:
             with Image.open(it.image) as im:
                 image = np.asarray(im.convert("RGB"))
             h, w = image.shape[:2]
             if self.labeled and it.label is not None:
+                reading = it.label
                 with Image.open(it.label) as lb:
                     mask = np.asarray(lb)
                 if mask.ndim != 2:
@@ -140,12 +157,30 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             else:
                 mask = np.full((h, w), IGNORE_INDEX, np.uint8)
             if it.valid is not None:
+                reading = it.valid
                 with Image.open(it.valid) as vm:
                     valid = np.asarray(vm) > 0
             else:
                 valid = np.ones((h, w), bool)
-        except OSError as exc:
-            raise InputError(f"cannot read training image or label ({exc})") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated, corrupt, not an image
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"cannot read {reading} ({first}); re-create it (cloudcps tile) or remove it "
+                "from the split list"
+            ) from None
+        if self.allowed is not None and self.labeled and it.label is not None:
+            if mask.dtype != np.uint8 or mask.min(initial=0) < 0:
+                bad_values = sorted({int(v) for v in np.unique(mask) if not 0 <= v < 256})
+            else:
+                present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+                bad_values = [int(v) for v in present if not self.allowed[v]]
+            if bad_values:
+                k = int(self.allowed[:PARTIAL_BASE].sum())
+                raise InputError(
+                    f"label {it.label} holds value {bad_values[0]}, not a class id 0..{k - 1}, "
+                    "255 (ignore) or a partial-label code; re-tile with a --label-map that maps "
+                    "every code"
+                )
         if mask.shape != (h, w):
             raise InputError(
                 f"label {it.label} is {mask.shape[1]}x{mask.shape[0]} but image {it.image} is "
@@ -227,12 +262,19 @@ class TileFolder:
             )
         try:
             self.manifest: dict[str, Any] = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{mpath} is not valid JSON ({exc})") from None
-        if self.manifest.get("format") != MANIFEST_FORMAT:
-            raise InputError(f"{mpath} is not a cloudcps tile manifest")
-        self.contract = DataContract.from_dict(self.manifest)
-        self.tiles = {t["id"]: t for t in self.manifest["tiles"]}
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != MANIFEST_FORMAT:
+            raise InputError(
+                f"{mpath} is not a cloudcps tile manifest; make one with cloudcps tile"
+            )
+        try:
+            self.contract = DataContract.from_dict(self.manifest)
+            self.tiles = {str(t["id"]): t for t in self.manifest["tiles"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(
+                f"{mpath} is damaged ({type(exc).__name__}: {exc}); re-run cloudcps tile"
+            ) from None
 
     def split(self, name: str) -> list[str]:
         path = self.root / "splits" / f"{name}.txt"

@@ -22,7 +22,7 @@ import torch
 from cloudcps import __version__
 from cloudcps.datasets import SegmentationDataset, TileFolder
 from cloudcps.errors import InputError
-from cloudcps.io import atomic_dir, open_raster, read_valid_mask
+from cloudcps.io import atomic_dir, open_raster, read_valid_mask, reading
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
 from cloudcps.predict import NODATA, class_colours
@@ -147,7 +147,9 @@ def evaluate_models_on_tiles(
     if not items:
         raise InputError(f"the {split} tiles of --data {data} have no labels to score against")
     fold = ClassFold.build(classes, merge)
-    ds = SegmentationDataset(items, None, True, folder.contract.mean, folder.contract.std)
+    ds = SegmentationDataset(
+        items, None, True, folder.contract.mean, folder.contract.std, folder.contract.num_classes
+    )
     cms = {name: np.zeros((fold.num_out, fold.num_out), np.int64) for name, _ in models}
     per_tile: list[tuple[int, str]] = []
     preds: dict[str, dict[str, np.ndarray]] = {name: {} for name, _ in models}
@@ -261,6 +263,7 @@ def evaluate_rasters(
             rasterio.Env(**GDAL_ENV),
             open_raster(pp, "prediction") as pred,
             open_raster(rp, "reference") as ref,
+            reading(f"{pp} or {rp}", "prediction or reference"),
         ):
             names = _pred_classes(pred, pp)
             if classes is None:
@@ -288,9 +291,21 @@ def evaluate_rasters(
                 for _, win in ref.block_windows(1):
                     p = src.read(1, window=win)
                     r_raw = ref.read(1, window=win)
+                    ok = read_valid_mask(ref, [1], window=win)
+                    if r_raw.dtype.kind == "f":
+                        finite = np.isfinite(r_raw)
+                        frac = finite & (r_raw != np.round(r_raw))
+                        if frac.any():
+                            raise InputError(
+                                f"reference {rp} holds non-integer values (e.g. "
+                                f"{float(r_raw[frac][0]):g}); a reference holds class ids or "
+                                "label codes: round or re-export it as integers"
+                            )
+                        ok &= finite  # NaN or inf: no reference there
+                        r_raw = np.where(finite, r_raw, 0)
                     r = ref_lut[r_raw.astype(np.int64).clip(0, 65535)]
-                    unknown |= set(np.unique(r_raw[r == 254]).tolist())
-                    r = np.where(read_valid_mask(ref, [1], window=win), r, IGNORE_INDEX)
+                    unknown |= set(np.unique(r_raw[(r == 254) & ok]).tolist())
+                    r = np.where(ok, r, IGNORE_INDEX)
                     p_f = fold.apply(p)
                     r = np.where(p == NODATA, IGNORE_INDEX, r)
                     cm += confusion_matrix(p_f, r, fold.num_out)
@@ -347,8 +362,10 @@ def _raster_sample(
     nearest = rasterio.enums.Resampling.nearest
     p = fold.apply(src.read(1, out_shape=shape, resampling=nearest))
     p[src.read(1, out_shape=shape, resampling=nearest) == NODATA] = IGNORE_INDEX
-    r = ref_lut[ref.read(1, out_shape=shape, resampling=nearest).astype(np.int64)]
-    r[r == 254] = IGNORE_INDEX
+    raw = ref.read(1, out_shape=shape, resampling=nearest)
+    finite = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+    r = ref_lut[np.where(finite, raw, 0).astype(np.int64).clip(0, 65535)]
+    r[(r == 254) | ~finite] = IGNORE_INDEX
     image = None
     title = pp.name
     side = pp.with_name((pp.stem) + ".json")

@@ -14,9 +14,42 @@ from pathlib import Path
 from typing import Any
 
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
 from cloudcps.errors import InputError, OutputExistsError
+
+try:  # GDAL's own errors (a block that fails to decode, a write that fails) are not RasterioError
+    from rasterio._err import CPLE_BaseError
+
+    GDAL_ERRORS: tuple[type[Exception], ...] = (CPLE_BaseError,)
+except ImportError:  # pragma: no cover
+    GDAL_ERRORS = ()
+
+
+def gdal_message(exc: BaseException) -> str:
+    """The most telling line of a rasterio/GDAL error and the errors chained to it (rasterio's
+    "Read failed. See previous exception" hides GDAL's own message, which names the block)."""
+    msgs: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 5:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if text:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    useful = [m for m in msgs if "See previous exception" not in m]
+    return (useful or msgs or [type(exc).__name__])[-1][:240]
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike[str], what: str = "scene") -> Iterator[None]:
+    """Name the file when GDAL fails to decode it (a corrupt block after a good header)."""
+    try:
+        yield
+    except (RasterioError, *GDAL_ERRORS) as exc:
+        raise InputError(
+            f"{what} {path} could not be read ({gdal_message(exc)}); the file may be truncated "
+            "or corrupt: check it with gdalinfo -checksum"
+        ) from None
 
 
 def open_raster(path: str | os.PathLike[str], what: str = "raster") -> rasterio.DatasetReader:
@@ -53,6 +86,106 @@ def check_writable(path: Path, overwrite: bool, option: str = "--out") -> None:
 
 
 _HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+# What cloudcps writes into an output folder of each kind: --overwrite replaces such a folder only
+# when it holds nothing else (and its marker file), so it never deletes inputs or foreign files.
+OUTPUT_LAYOUTS: dict[str, tuple[str, frozenset[str]]] = {
+    "tiles": ("manifest.json", frozenset({"manifest.json", "images", "labels", "valid", "splits"})),
+    "report": (
+        "report.json",
+        frozenset({"report.json", "report.md", "confusion.png", "samples.png"}),
+    ),
+}
+
+
+def _contains(folder: Path, path: Path) -> bool:
+    f, p = folder.resolve(), Path(path).resolve()
+    return f == p or f in p.parents
+
+
+def check_out_dir(
+    path: Path, overwrite: bool, kind: str, inputs: list[Path], option: str = "--out"
+) -> None:
+    """Refuse an output folder that is a file, lies under a file, holds (or is) an input, or
+    already exists without ``overwrite``; with ``overwrite`` accept only a folder that cloudcps
+    wrote (the layout of ``kind`` and nothing else)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is a file; give a folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    for inp in inputs:
+        if _contains(path, Path(inp)):
+            raise InputError(
+                f"{option} {path} holds the input {inp}; cloudcps never replaces its inputs: "
+                f"choose another {option}"
+            )
+    if not _is_nonempty(path):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"{option} {path} already exists; choose another path or pass --overwrite"
+        )
+    marker, allowed = OUTPUT_LAYOUTS[kind]
+    foreign = sorted(e.name for e in path.iterdir() if e.name not in allowed)
+    if foreign or not (path / marker).is_file():
+        what = f"holds {foreign[0]!r}, which" if foreign else f"has no {marker}, so it"
+        raise InputError(
+            f"{option} {path} {what} cloudcps did not write; --overwrite only replaces a "
+            f"folder cloudcps wrote: choose another {option}"
+        )
+
+
+def written_by_cloudcps(path: Path) -> bool:
+    """Whether an existing file is a cloudcps output (a mask, probability raster or report)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            return isinstance(data, dict) and "cloudcps_version" in data
+        if suffix in (".tif", ".tiff"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(path) as src:
+                    tags = src.tags()
+            return str(tags.get("SOFTWARE", "")).startswith("cloudcps") or (
+                "CLASSES" in tags and tags.get("SCALE") == "probability = value / 255"
+            )
+    except (OSError, ValueError, RasterioIOError):
+        return False
+    return False
+
+
+def check_output_file(
+    path: Path, overwrite: bool, inputs: list[Path], option: str = "--out"
+) -> None:
+    """Refuse an output file that is an input, a folder, or exists (without ``overwrite``, or
+    with it when cloudcps did not write it)."""
+    path = Path(path)
+    for inp in inputs:
+        same = path.exists() and Path(inp).exists() and os.path.samefile(path, inp)
+        if same or path.resolve() == Path(inp).resolve():
+            raise InputError(
+                f"{option} {path} is the input {inp}; cloudcps never replaces its inputs: "
+                f"choose another {option}"
+            )
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"{option} {path} already exists; choose another path or pass --overwrite"
+        )
+    if not written_by_cloudcps(path):
+        raise InputError(
+            f"{option} {path} exists and was not written by cloudcps; --overwrite only replaces "
+            "cloudcps's own outputs: choose another path"
+        )
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -93,6 +226,17 @@ def remove_stale_temps(paths: list[Path]) -> int:
 
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a finished file to disk before it is published (a crash then leaves either the
+    old state or the whole new file, never a renamed but empty one)."""
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _publish_new(tmp: Path, final: Path) -> None:
@@ -143,10 +287,19 @@ def atomic_dir(path: Path, overwrite: bool = False, option: str = "--out") -> It
     tmp.mkdir()
     try:
         yield tmp
+        if overwrite:
+            _replace(tmp, path)
+        else:
+            try:  # renaming onto a missing or empty folder works; onto a non-empty one fails
+                os.rename(tmp, path)
+            except OSError:
+                raise OutputExistsError(
+                    f"{path} was written by another run while this one worked; it was left as "
+                    "it is (choose another path, or pass --overwrite)"
+                ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -158,6 +311,7 @@ def atomic_file(path: Path, overwrite: bool = False, option: str = "--out") -> I
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        _fsync(tmp)
         if overwrite or path.is_dir():
             _replace(tmp, path)
         else:

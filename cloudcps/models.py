@@ -7,9 +7,12 @@ state, and the data contract (classes, bands, stretch, normalisation) that predi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +203,13 @@ def build_pair(
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save ``state`` atomically (temporary file, then rename)."""
+    """Save ``state`` atomically: a temporary file, flushed to disk, then renamed.
+
+    Ctrl-C or SIGTERM during the save are held until it is done (a second Ctrl-C during the
+    emergency save of an interrupted run used to leave a half-written temporary file and no
+    checkpoint); any failure (a full disk) removes the temporary file and leaves an older
+    checkpoint as it was.
+    """
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -208,8 +217,36 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         **state,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with _signals_held():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM until the block ends (main thread only), then act on them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
@@ -321,9 +358,15 @@ def load_for_inference(
     """
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
-    spec = ModelSpec.from_dict(state["model"])
-    contract = DataContract.from_dict(state["contract"])
-    weights = state["nets"]
+    try:
+        spec = ModelSpec.from_dict(state["model"])
+        contract = DataContract.from_dict(state["contract"])
+        weights = list(state["nets"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(
+            f"{ckpt} lacks part of the model description ({type(exc).__name__}: {exc}); it is "
+            "damaged or not from cloudcps train"
+        ) from None
     if nets == "both":
         chosen = list(range(len(weights)))
     else:
@@ -334,7 +377,14 @@ def load_for_inference(
     modules = []
     for i in chosen:
         net = create_network(spec)
-        net.load_state_dict(_float32(weights[i]))
+        try:
+            net.load_state_dict(_float32(weights[i]))
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "mismatch"
+            raise InputError(
+                f"{ckpt}: network {i + 1} does not fit its own model description ({first}); "
+                "the checkpoint is damaged"
+            ) from None
         modules.append(net)
     model = Ensemble(modules).to(device).eval()
     return LoadedModel(

@@ -45,7 +45,13 @@ from rasterio.windows import Window
 from cloudcps import __version__
 from cloudcps.backends import InferenceModel, describe, from_loaded
 from cloudcps.errors import InputError
-from cloudcps.io import atomic_file, check_writable, open_raster, read_valid_mask
+from cloudcps.io import (
+    atomic_file,
+    check_output_file,
+    open_raster,
+    read_valid_mask,
+    reading,
+)
 from cloudcps.tiling import GDAL_ENV, DataContract, Stretch
 
 if TYPE_CHECKING:
@@ -187,8 +193,9 @@ class RasterSource:
 
     def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col, row, min(w, self.width - col), min(h, self.height - row))
-        data = self.src.read(self.bands, window=win)
-        valid = read_valid_mask(self.src, self.bands, window=win)
+        with reading(self.src.name):
+            data = self.src.read(self.bands, window=win)
+            valid = read_valid_mask(self.src, self.bands, window=win)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
             data = np.nan_to_num(data)
@@ -308,8 +315,8 @@ class Predictor:
         self.contract: DataContract = self.model.contract
         self.runner = self.model.runner
         self.tile = tile_size or self.contract.tile_size
-        if self.tile < 32 or self.tile % 32:
-            raise InputError(f"--tile-size {self.tile} must be a multiple of 32")
+        if self.tile < 32 or self.tile % 32 or self.tile > 8192:
+            raise InputError(f"--tile-size {self.tile} must be a multiple of 32, at most 8192")
         self.overlap = min(DEFAULT_OVERLAP, self.tile // 4) if overlap is None else overlap
         if not 0 <= self.overlap <= self.tile // 2:
             raise InputError(
@@ -680,6 +687,32 @@ def sample_scene(
     return np.concatenate(parts, axis=2), np.concatenate(masks, axis=1)
 
 
+def degenerate_warnings(src: rasterio.DatasetReader, bands: Sequence[int]) -> list[str]:
+    """Warnings for scenes that predict without error but not usefully: tiny, all nodata, or
+    with non-finite values (judged on :func:`sample_scene`)."""
+    out = []
+    if min(src.width, src.height) < 32:
+        out.append(
+            f"scene {src.name} is only {src.width}x{src.height} px; the network sees mostly "
+            "padding below 32 px, so the mask is unreliable"
+        )
+    data, valid = sample_scene(src, bands)
+    if data.dtype.kind == "f":
+        bad = ~np.all(np.isfinite(data), axis=0)
+        if bad.any():
+            out.append(
+                f"scene {src.name}: {100 * bad.mean():.1f} % of the sampled pixels are NaN or "
+                "infinite; they are masked as nodata (255)"
+            )
+            valid = valid & ~bad
+    if not valid.any():
+        out.append(
+            f"scene {src.name} has no valid pixel in its sample (all nodata?): the mask will be "
+            "nodata (255) wherever the scene is"
+        )
+    return out
+
+
 def default_mask_path(scene: Path) -> Path:
     """``NAME_mask.tif`` beside the scene (what ``cloudcps predict scene.tif`` writes)."""
     return scene.with_name(f"{scene.stem}_mask.tif")
@@ -728,7 +761,7 @@ def predict_scene(
     scene_p, mask_p = Path(scene), Path(out)
     proba_p, json_p = sidecars(mask_p)
     for p in [mask_p, json_p] + ([proba_p] if opts.probabilities else []):
-        check_writable(p, opts.overwrite)
+        check_output_file(p, opts.overwrite, [scene_p])
     t0 = time.perf_counter()
     contract = loaded.contract
     k = contract.num_classes
@@ -744,9 +777,11 @@ def predict_scene(
     )
     with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
         bands = resolve_bands(contract, src.count, scene_p, opts.bands)
-        range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset)
-        if range_warning:
-            log.warning(range_warning)
+        with reading(scene_p):
+            range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset)
+            notes = ([range_warning] if range_warning else []) + degenerate_warnings(src, bands)
+        for note in notes:
+            log.warning(note)
         profile = {
             "driver": "GTiff",
             "width": src.width,
@@ -789,6 +824,7 @@ def predict_scene(
                             pdst.update_tags(
                                 CLASSES=",".join(contract.classes),
                                 SCALE="probability = value / 255",
+                                SOFTWARE=f"cloudcps {__version__}",
                             )
                     finally:
                         if pdst is not None:
@@ -834,7 +870,7 @@ def predict_scene(
                 "buffer": opts.buffer,
                 "scale": opts.scale,
                 "offset": opts.offset,
-                "warnings": [range_warning] if range_warning else [],
+                "warnings": notes,
                 "seconds": round(seconds, 3),
                 "cloudcps_version": __version__,
             }

@@ -29,7 +29,14 @@ from rasterio.windows import Window
 
 from cloudcps import __version__
 from cloudcps.errors import InputError
-from cloudcps.io import atomic_dir, check_writable, open_raster, read_valid_mask, write_json
+from cloudcps.io import (
+    atomic_dir,
+    check_out_dir,
+    open_raster,
+    read_valid_mask,
+    reading,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ def parse_bands(text: str) -> tuple[int, ...]:
 
 
 PARTIAL_BASE = 128
+MAX_TILE = 8192  # a 4-band tile of this side is already 0.5 GB of float32
 MAX_PARTIAL_CLASSES = 7
 
 
@@ -120,6 +128,14 @@ def parse_label_map(text: str) -> dict[int, int]:
             raise ValueError(
                 f"expected SRC:DST pairs like 128:0,255:1 (or a set of classes 0:0|3), got {item!r}"
             ) from None
+        if not 0 <= src <= 65535:
+            raise ValueError(
+                f"{item!r}: source value {src} is not a label raster value; give 0..65535"
+            )
+        if any(d != IGNORE_INDEX and not 0 <= d < PARTIAL_BASE for d in dsts):
+            raise ValueError(
+                f"{item!r}: class ids are 0..{PARTIAL_BASE - 1} (or 255 to ignore), got {parts[1]}"
+            )
         if len(dsts) > 1 and IGNORE_INDEX in dsts:
             raise ValueError(f"{item!r}: 255 (ignore) cannot be part of a set of classes")
         if len(dsts) > 1 and len(set(dsts)) != len(dsts):
@@ -170,6 +186,8 @@ def parse_stretch(text: str) -> StretchSpec:
             raise ValueError(
                 f"expected auto, none, MIN:MAX or MIN:MAX per band (R,G,B[,NIR]), got {text!r}"
             ) from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"stretch range {item!r} must be finite numbers")
         if not hi > lo:
             raise ValueError(f"stretch range {item!r} must have MAX > MIN")
         ranges.append((lo, hi))
@@ -223,13 +241,24 @@ class Stretch:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Stretch:
         pct = d.get("percentiles")
-        return cls(
+        st = cls(
             method=str(d["method"]),
             low=tuple(float(v) for v in d["low"]),
             high=tuple(float(v) for v in d["high"]),
             percentiles=(float(pct[0]), float(pct[1])) if pct else None,
             gamma=float(d.get("gamma", 1.0)),
         )
+        values = (*st.low, *st.high, st.gamma)
+        if (
+            st.method not in ("fixed", "auto", "none")
+            or len(st.low) != len(st.high)
+            or not st.low
+            or not all(math.isfinite(v) for v in values)
+            or not all(h > lo for lo, h in zip(st.low, st.high, strict=True))
+            or st.gamma <= 0
+        ):
+            raise ValueError(f"stretch {d} is not a valid stretch (method, low < high, gamma)")
+        return st
 
 
 @dataclass(frozen=True)
@@ -311,6 +340,10 @@ class TileOptions:
     def validate(self) -> None:
         if self.tile_size < 32:
             raise InputError(f"--tile-size {self.tile_size} is too small; use 32 or more")
+        if self.tile_size > MAX_TILE:
+            raise InputError(f"--tile-size {self.tile_size} is too large; use at most {MAX_TILE}")
+        if len(set(self.classes)) != len(self.classes):
+            raise InputError(f"--classes {','.join(self.classes)} names a class twice")
         if not 0 <= self.overlap < self.tile_size:
             raise InputError(
                 f"--overlap {self.overlap} must be >= 0 and smaller than --tile-size "
@@ -406,6 +439,12 @@ def _transforms_close(a: Affine, b: Affine) -> bool:
 
 def inspect_scene(path: Path, bands: Sequence[int], label_dirs: Sequence[Path]) -> SceneInfo:
     """Open a scene (and its label raster) and check that they can be tiled together."""
+    bad = [c for c in path.stem if not c.isprintable()]
+    if bad:
+        raise InputError(
+            f"scene {str(path)!r} has a control character ({bad[0]!r}) in its name, which would "
+            "break the one-id-per-line split lists; rename the file"
+        )
     with open_raster(path, "scene") as src:
         if src.count < max(bands):
             raise InputError(
@@ -479,11 +518,19 @@ def check_label_values(
     label: Path, label_map: dict[int, int] | None, num_classes: int, unknown: str
 ) -> None:
     """Scan a label raster block by block; raise if it holds values the map does not know."""
-    with open_raster(label, "label raster") as src:
+    with open_raster(label, "label raster") as src, reading(label, "label raster"):
         _, accepted = _label_lut(label_map, num_classes, src.nodata)
         seen: set[int] = set()
         for _, window in src.block_windows(1):
             values = np.unique(src.read(1, window=window))
+            if values.dtype.kind == "f":
+                values = values[np.isfinite(values)]  # NaN: no label there (ignored)
+                frac = values[values != np.round(values)]
+                if frac.size:
+                    raise InputError(
+                        f"label raster {label} holds non-integer values (e.g. {float(frac[0]):g});"
+                        " labels are class ids or codes: round or re-export them as integers"
+                    )
             seen.update(int(v) for v in values)
     bad = sorted(seen - accepted)
     if bad and unknown == "error":
@@ -505,7 +552,7 @@ def check_label_values(
 
 def _sample_scene(path: Path, bands: Sequence[int], max_side: int = 768) -> np.ndarray:
     """Valid pixel values (n, bands) of a decimated read of the scene."""
-    with rasterio.Env(**GDAL_ENV), open_raster(path, "scene") as src:
+    with rasterio.Env(**GDAL_ENV), open_raster(path, "scene") as src, reading(path):
         f = max(1.0, max(src.width, src.height) / max_side)
         shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
@@ -605,6 +652,11 @@ class _SceneJob:
 
 
 def _tile_scene(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
+    with reading(job.scene.path, "scene (or its label raster)"):
+        return _tile_scene_unchecked(job)
+
+
+def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
     scene, opts, out = job.scene, job.options, job.out
     k = len(opts.classes)
     t = opts.tile_size
@@ -784,7 +836,9 @@ def tile_scenes(
     opts = options or TileOptions()
     opts.validate()
     out_path = Path(out)
-    check_writable(out_path, opts.overwrite)
+    check_out_dir(
+        out_path, opts.overwrite, "tiles", [Path(p) for p in scenes] + list(opts.label_dirs)
+    )
     if not scenes:
         raise InputError("no scenes given; pass one or more 4-band rasters")
     for d in opts.label_dirs:

@@ -378,13 +378,15 @@ def test_cli_bad_inputs(make_scene: SceneFactory, tmp_path: Path) -> None:
     assert (out / "E" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["E"]
 
+    # --overwrite replaces only a folder cloudcps wrote: a foreign file stays
     code, o = _invoke(
         ["tile", str(img2), "--out", str(out / "E"), "--overwrite", "--tile-size", "128"]
     )
-    assert code == 0 and not (out / "E" / "keep.txt").exists()
+    _assert_clean_failure(code, o, out, "cloudcps did not write")
+    assert (out / "E" / "keep.txt").read_text() == "precious"
 
     code, o = _invoke(["tile", str(img2), "--out", str(out / "F"), "--bands", "1,2"])
-    assert code == 2 and "--bands" in o
+    assert code == 1 and "--bands" in o and o.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------------------
