@@ -121,7 +121,10 @@ def quiet(ctx: click.Context) -> bool:
 
 
 overwrite_opt = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs (never done without it)."
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs that cloudcps wrote before (never without it; never an input or a "
+    "file or folder cloudcps did not write).",
 )
 device_opt = click.option(
     "--device",
