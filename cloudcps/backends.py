@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import sys
 import uuid
 import warnings
@@ -359,14 +358,14 @@ def export_onnx(ckpt: Path, nets: str, dest: Path, digest: str | None = None) ->
     dynamic batch, height and width and the data contract in its metadata."""
     import torch
 
-    from cloudcps.models import load_checkpoint, load_for_inference
+    from cloudcps.io import atomic_file
+    from cloudcps.models import load_for_inference
 
     loaded = load_for_inference(ckpt, nets=nets)
-    total = len(load_checkpoint(ckpt)["nets"])
+    total = int(loaded.meta["nets_total"])
     chosen = list(range(1, total + 1)) if nets == "both" else [int(nets)]
-    tmp = dest.with_name(f".{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     axes = {0: "batch", 2: "height", 3: "width"}
-    try:
+    with atomic_file(dest, overwrite=True) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -401,10 +400,6 @@ def export_onnx(ckpt: Path, nets: str, dest: Path, digest: str | None = None) ->
             entry = m.metadata_props.add()
             entry.key, entry.value = k, v
         onnx.save(m, str(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -28,6 +28,7 @@ from cloudcps.backends import (  # noqa: F401  (re-exported: where models were f
     resolve_checkpoint,
 )
 from cloudcps.errors import InputError
+from cloudcps.io import atomic_file
 from cloudcps.tiling import DataContract
 
 log = logging.getLogger(__name__)
@@ -216,17 +217,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         "cloudcps_version": __version__,
         **state,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _signals_held():
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with _signals_held(), atomic_file(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
 
 
 @contextlib.contextmanager
@@ -393,5 +385,9 @@ def load_for_inference(
         spec=spec,
         path=ckpt,
         iteration=int(state.get("iteration", 0)),
-        meta={"best": state.get("best"), "config": state.get("config")},
+        meta={
+            "best": state.get("best"),
+            "config": state.get("config"),
+            "nets_total": len(weights),
+        },
     )
