@@ -291,7 +291,7 @@ class Predictor:
         model: an :class:`~cloudcps.backends.InferenceModel` (:func:`cloudcps.backends.load_model`,
             any backend) or a PyTorch ``LoadedModel`` (:func:`cloudcps.models.load_for_inference`).
         device: where a ``LoadedModel`` runs (ignored for an ``InferenceModel``).
-        tile_size, overlap: window geometry (defaults: the contract's tile size, 128 px).
+        tile_size, overlap: window geometry (defaults: the contract's tile size, 64 px).
         batch_size: windows per forward pass (default 8 on CUDA, 1 on the CPU, where batching
             only costs memory).
         tta: average the softmax of the image and its horizontal and vertical flips.
@@ -382,12 +382,11 @@ class Predictor:
                     last_col = j == len(cols) - 1
                     _weigh(p, wy[i], oy, 1)
                     _weigh(p, wx[j], ox, 2)
-                    acc = p
                     if ox:
-                        acc[:, :, :ox] += hcarry
-                        hcarry[:] = acc[:, :, sx:]
+                        p[:, :, :ox] += hcarry
+                        hcarry[:] = p[:, :, sx:]
                     ncols = tw if last_col else sx
-                    block = acc[:, :, :ncols]
+                    block = p[:, :, :ncols]
                     if oy:
                         block[:, :oy] += vcarry[:, :, c : c + ncols]
                         if not last_row:
@@ -630,17 +629,19 @@ def check_value_range(
     contract: DataContract,
     scale: float = 1.0,
     offset: float = 0.0,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str | None:
     """A warning when the scene's values are far outside what the model's stretch expects.
 
     A model trained on reflectance x 10000 turns reflectance in 0-1 into a black image, and
     8-bit or differently scaled data into nonsense, without any error: a sample of the scene
-    (:func:`sample_scene`) is compared with the contract's stretch range.
+    (:func:`sample_scene`, or ``sample`` when the caller has read it) is compared with the
+    contract's stretch range.
     """
     st = contract.stretch
     if st.method == "none":
         return None
-    data, valid = sample_scene(src, bands)
+    data, valid = sample or sample_scene(src, bands)
     values = data[:, valid].astype(np.float64)
     values = values[:, np.all(np.isfinite(values), axis=0)] * scale + offset
     if values.size == 0:
@@ -687,16 +688,20 @@ def sample_scene(
     return np.concatenate(parts, axis=2), np.concatenate(masks, axis=1)
 
 
-def degenerate_warnings(src: rasterio.DatasetReader, bands: Sequence[int]) -> list[str]:
+def degenerate_warnings(
+    src: rasterio.DatasetReader,
+    bands: Sequence[int],
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[str]:
     """Warnings for scenes that predict without error but not usefully: tiny, all nodata, or
-    with non-finite values (judged on :func:`sample_scene`)."""
+    with non-finite values (judged on :func:`sample_scene`, or ``sample``)."""
     out = []
     if min(src.width, src.height) < 32:
         out.append(
             f"scene {src.name} is only {src.width}x{src.height} px; the network sees mostly "
             "padding below 32 px, so the mask is unreliable"
         )
-    data, valid = sample_scene(src, bands)
+    data, valid = sample or sample_scene(src, bands)
     if data.dtype.kind == "f":
         bad = ~np.all(np.isfinite(data), axis=0)
         if bad.any():
@@ -778,8 +783,9 @@ def predict_scene(
     with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
         bands = resolve_bands(contract, src.count, scene_p, opts.bands)
         with reading(scene_p):
-            range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset)
-            notes = ([range_warning] if range_warning else []) + degenerate_warnings(src, bands)
+            sample = sample_scene(src, bands)
+        range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset, sample)
+        notes = ([range_warning] if range_warning else []) + degenerate_warnings(src, bands, sample)
         for note in notes:
             log.warning(note)
         profile = {
