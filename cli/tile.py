@@ -22,9 +22,6 @@ def _classes(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if len(names) < 2:
         raise ValueError("give at least two class names, comma-separated")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"class {dup[0]!r} is named twice; class names must be unique")
     return names
 
 

@@ -342,8 +342,12 @@ class TileOptions:
             raise InputError(f"--tile-size {self.tile_size} is too small; use 32 or more")
         if self.tile_size > MAX_TILE:
             raise InputError(f"--tile-size {self.tile_size} is too large; use at most {MAX_TILE}")
-        if len(set(self.classes)) != len(self.classes):
-            raise InputError(f"--classes {','.join(self.classes)} names a class twice")
+        dup = sorted({n for n in self.classes if self.classes.count(n) > 1})
+        if dup:
+            raise InputError(
+                f"--classes {','.join(self.classes)}: class {dup[0]!r} is named twice; class "
+                "names must be unique"
+            )
         if not 0 <= self.overlap < self.tile_size:
             raise InputError(
                 f"--overlap {self.overlap} must be >= 0 and smaller than --tile-size "
