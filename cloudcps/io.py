@@ -210,9 +210,10 @@ def remove_stale_temps(paths: list[Path]) -> int:
     for path in paths:
         if not path.parent.is_dir():
             continue
-        for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-{_HOST}-*"):
+        prefix = f".{path.name}.tmp-{_HOST}-"
+        for tmp in path.parent.glob(f"{glob_escape(prefix)}*"):
             try:
-                pid = int(tmp.name[len(f".{path.name}.tmp-{_HOST}-") :].split("-")[0])
+                pid = int(tmp.name[len(prefix) :].split("-")[0])
             except ValueError:
                 continue
             if pid != os.getpid() and not _pid_alive(pid):
@@ -239,24 +240,25 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
+def _raced(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path} was written by another run while this one worked; it was left as it is "
+        "(choose another path, or pass --overwrite)"
+    )
+
+
 def _publish_new(tmp: Path, final: Path) -> None:
     """Move the file ``tmp`` to ``final`` only if ``final`` does not exist (no clobbering: of two
     runs writing the same output, the later one fails instead of replacing the other's)."""
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise OutputExistsError(
-            f"{final} was written by another run while this one worked; it was left as it is "
-            "(choose another path, or pass --overwrite)"
-        ) from None
+        raise _raced(final) from None
     except OSError:  # no hard links on this file system: claim the name, then move onto it
         try:
             fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            raise OutputExistsError(
-                f"{final} was written by another run while this one worked; it was left as it "
-                "is (choose another path, or pass --overwrite)"
-            ) from None
+            raise _raced(final) from None
         os.close(fd)
         os.replace(tmp, final)
         return
@@ -293,10 +295,7 @@ def atomic_dir(path: Path, overwrite: bool = False, option: str = "--out") -> It
             try:  # renaming onto a missing or empty folder works; onto a non-empty one fails
                 os.rename(tmp, path)
             except OSError:
-                raise OutputExistsError(
-                    f"{path} was written by another run while this one worked; it was left as "
-                    "it is (choose another path, or pass --overwrite)"
-                ) from None
+                raise _raced(path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
