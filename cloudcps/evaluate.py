@@ -22,7 +22,13 @@ import torch
 from cloudcps import __version__
 from cloudcps.datasets import SegmentationDataset, TileFolder
 from cloudcps.errors import InputError
-from cloudcps.io import atomic_dir, open_raster, read_valid_mask, reading
+from cloudcps.io import (
+    atomic_dir,
+    finite_integer_values,
+    open_raster,
+    read_valid_mask,
+    reading,
+)
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
 from cloudcps.predict import NODATA, class_colours
@@ -293,14 +299,7 @@ def evaluate_rasters(
                     r_raw = ref.read(1, window=win)
                     ok = read_valid_mask(ref, [1], window=win)
                     if r_raw.dtype.kind == "f":
-                        finite = np.isfinite(r_raw)
-                        frac = finite & (r_raw != np.round(r_raw))
-                        if frac.any():
-                            raise InputError(
-                                f"reference {rp} holds non-integer values (e.g. "
-                                f"{float(r_raw[frac][0]):g}); a reference holds class ids or "
-                                "label codes: round or re-export it as integers"
-                            )
+                        finite = finite_integer_values(r_raw, rp, "reference")
                         ok &= finite  # NaN or inf: no reference there
                         r_raw = np.where(finite, r_raw, 0)
                     r = ref_lut[r_raw.astype(np.int64).clip(0, 65535)]

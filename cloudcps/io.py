@@ -52,6 +52,21 @@ def reading(path: str | os.PathLike[str], what: str = "scene") -> Iterator[None]
         ) from None
 
 
+def finite_integer_values(values: Any, path: str | os.PathLike[str], what: str) -> Any:
+    """The mask of finite values of a float label or reference array (NaN means no label
+    there); a fractional value is an error that names the file."""
+    import numpy as np
+
+    finite = np.isfinite(values)
+    frac = finite & (values != np.round(values))
+    if frac.any():
+        raise InputError(
+            f"{what} {path} holds non-integer values (e.g. {float(values[frac][0]):g}); it "
+            "should hold class ids or label codes: round or re-export it as integers"
+        )
+    return finite
+
+
 def open_raster(path: str | os.PathLike[str], what: str = "raster") -> rasterio.DatasetReader:
     """Open ``path`` with rasterio, turning GDAL's errors into one-line :class:`InputError`."""
     p = Path(path)

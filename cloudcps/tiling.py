@@ -32,6 +32,7 @@ from cloudcps.errors import InputError
 from cloudcps.io import (
     atomic_dir,
     check_out_dir,
+    finite_integer_values,
     open_raster,
     read_valid_mask,
     reading,
@@ -527,14 +528,8 @@ def check_label_values(
         seen: set[int] = set()
         for _, window in src.block_windows(1):
             values = np.unique(src.read(1, window=window))
-            if values.dtype.kind == "f":
-                values = values[np.isfinite(values)]  # NaN: no label there (ignored)
-                frac = values[values != np.round(values)]
-                if frac.size:
-                    raise InputError(
-                        f"label raster {label} holds non-integer values (e.g. {float(frac[0]):g});"
-                        " labels are class ids or codes: round or re-export them as integers"
-                    )
+            if values.dtype.kind == "f":  # NaN: no label there (ignored)
+                values = values[finite_integer_values(values, label, "label raster")]
             seen.update(int(v) for v in values)
     bad = sorted(seen - accepted)
     if bad and unknown == "error":
