@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cloudcps import __version__
-from cloudcps.errors import InputError
+from cloudcps.errors import InputError, first_line
 from cloudcps.tiling import DataContract
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "unreadable"
+            first = first_line(exc, 200, "unreadable")
             raise InputError(
                 f"{graph} is not a usable ONNX graph ({first}); delete it (it is re-exported) "
                 "or use --backend torch"

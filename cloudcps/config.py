@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from cloudcps.errors import InputError
+from cloudcps.errors import InputError, first_line
 
 Mode = Literal["cps", "supervised"]
 Policy = Literal["plain", "threshold", "adaptive"]
@@ -173,7 +173,7 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise InputError(f"--config {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"--config {p} is not valid YAML ({first_line(exc, None)})") from None
     if not isinstance(data, dict):
         raise InputError(f"--config {p} must hold a mapping of option: value")
     bad = [k for k in data if not isinstance(k, str)]

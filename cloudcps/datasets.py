@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from cloudcps.errors import InputError
+from cloudcps.errors import InputError, first_line
 from cloudcps.tiling import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
@@ -163,7 +163,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             else:
                 valid = np.ones((h, w), bool)
         except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated, corrupt, not an image
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc, None)
             raise InputError(
                 f"cannot read {reading} ({first}); re-create it (cloudcps tile) or remove it "
                 "from the split list"

@@ -22,3 +22,13 @@ class OutputExistsError(CloudCPSError):
 
 class TrainingDivergedError(CloudCPSError):
     """Training produced a non-finite loss."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200, default: str | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), for one-line
+    errors; ``default`` (else the exception's type name) when the message is empty."""
+    text = str(exc).strip()
+    if not text:
+        return default or type(exc).__name__
+    line = text.splitlines()[0]
+    return line[:limit] if limit is not None else line

@@ -16,7 +16,7 @@ from typing import Any
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
-from cloudcps.errors import InputError, OutputExistsError
+from cloudcps.errors import InputError, OutputExistsError, first_line
 
 try:  # GDAL's own errors (a block that fails to decode, a write that fails) are not RasterioError
     from rasterio._err import CPLE_BaseError
@@ -79,7 +79,7 @@ def open_raster(path: str | os.PathLike[str], what: str = "raster") -> rasterio.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(p)
     except RasterioIOError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        detail = first_line(exc, None, "unreadable")
         raise InputError(
             f"{what} {p} is not a readable raster ({detail}); give a GeoTIFF or another "
             "GDAL-readable file"

@@ -27,7 +27,7 @@ from cloudcps.backends import (  # noqa: F401  (re-exported: where models were f
     default_model_path,
     resolve_checkpoint,
 )
-from cloudcps.errors import InputError
+from cloudcps.errors import InputError, first_line
 from cloudcps.io import atomic_file
 from cloudcps.tiling import DataContract
 
@@ -173,7 +173,7 @@ def _download_imagenet(net: nn.Module, encoder: str) -> str:
             "unet", encoder_name=encoder, encoder_weights="imagenet", classes=1
         )
     except Exception as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        first = first_line(exc, 160)
         raise InputError(
             f"cannot get ImageNet weights for {encoder} ({first}); when offline use "
             "--encoder tu-efficientnet_lite0 (weights ship with the package), "
@@ -247,7 +247,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise InputError(f"{p} is not a readable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(
@@ -299,7 +299,7 @@ def init_from_checkpoint(
             try:
                 net.load_state_dict(_float32(weights[i]))
             except RuntimeError as exc:
-                first = str(exc).splitlines()[0][:160]
+                first = first_line(exc, 160)
                 raise InputError(f"--init {ckpt} does not fit its own model ({first})") from None
         else:
             _encoder(net).load_state_dict(_encoder(nets[0]).state_dict())
@@ -372,7 +372,7 @@ def load_for_inference(
         try:
             net.load_state_dict(_float32(weights[i]))
         except (RuntimeError, TypeError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "mismatch"
+            first = first_line(exc, 160, "mismatch")
             raise InputError(
                 f"{ckpt}: network {i + 1} does not fit its own model description ({first}); "
                 "the checkpoint is damaged"
