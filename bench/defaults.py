@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine  # noqa: E402
-from starter import SHARED, WORK, _confusions, _references, _scores, _val_sets  # noqa: E402
+from evalsets import confusions, references, scores, val_sets  # noqa: E402
+from starter import SHARED, WORK  # noqa: E402
 
 
 def _predict(model: Any, path: Path, tile: int | None = None, overlap: int | None = None) -> Any:
@@ -48,7 +49,7 @@ def ensemble(ckpts: list[Path]) -> dict[str, Any]:
     from cloudcps.backends import load_model
 
     out: dict[str, Any] = {}
-    sets = _val_sets()
+    sets = {k: v for k, v in val_sets().items() if k != "scr"}
     n_files = sum(len(v) for v in sets.values())
     for ckpt in ckpts:
         for nets in ("1", "2", "both"):
@@ -56,7 +57,7 @@ def ensemble(ckpts: list[Path]) -> dict[str, Any]:
             t0 = time.perf_counter()
             preds = {k: [_predict(model, img) for img, _ in pairs] for k, pairs in sets.items()}
             secs = (time.perf_counter() - t0) / n_files
-            sc = _scores(_confusions(preds, four_class=True))
+            sc = scores(confusions(preds, "4"))
             key = f"{ckpt.parent.name}:{nets}"
             out[key] = {
                 "l8_4_miou": sc["l8-4"]["miou"],
@@ -94,11 +95,11 @@ def overlap() -> dict[str, Any]:
     # On Cloud N val chips, 256 px windows, against the labels
     from cloudcps.metrics import confusion_matrix
 
-    refs = _references()["ocn"]
+    refs = references()["ocn"]
     fold = np.array([0, 1, 1, 0] + [255] * 252, np.uint8)
     for ov in (0, 32, 64, 128):
         cm = np.zeros((2, 2), np.int64)
-        for (img, _), r in zip(_val_sets()["ocn"], refs, strict=True):
+        for (img, _), r in zip(val_sets()["ocn"], refs, strict=True):
             cm += confusion_matrix(fold[_predict(model, img, tile=256, overlap=ov)], r, 2)
         iou = cm[1, 1] / max(1, cm[1, 1] + cm[0, 1] + cm[1, 0])
         out[f"ocn-256:{ov}"] = {"tile": 256, "cloud_iou": float(iou)}

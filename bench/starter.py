@@ -42,21 +42,25 @@ SHARED = ROOT.parent / "shared" / "data"
 WORK = ROOT / "bench" / "out" / "starter"
 sys.path.insert(0, str(ROOT / "bench"))
 
+import evalsets  # noqa: E402
+
 LABEL_MAP = "128:0,255:1,192:2,64:3,0:0|3,1:1|2"
-L8_MAP = {128: 0, 255: 1, 192: 2, 64: 3}
 STRETCH = "0:12000"
 GAMMA = "2"
 TILE = 256
-CLASSES = ("clear", "thick cloud", "thin cloud", "cloud shadow")
+CLASSES = evalsets.CLASSES
 # one schedule for both modes: what differs between CPS and supervised is only the CPS term
-CPU_SCHEDULE = {
-    "iters": 2000,
-    "batch_size": 2,
-    "crop": 256,
+CPU_SCHEDULE: dict[str, Any] = {
+    "iters": 1000,
+    "batch_size": 8,
+    "crop": 128,
     "lr": 0.005,
     "class_weights": "auto",
+    "bn_recalibrate": 50,
 }
-GPU_SCHEDULE = {**CPU_SCHEDULE, "iters": 8000, "batch_size": 8, "lr": 0.01}
+GPU_SCHEDULE = {**CPU_SCHEDULE, "iters": 8000, "batch_size": 16, "crop": 256, "lr": 0.01}
+STARTER_SYNTHETIC = 0.5  # share of labelled samples with synthetic clouds (see docs/model.md)
+CLEAR_SCENES = ("LC08_224077_20200518_clear_rgb_toa.tif", "LC08_224078_20200518_clear_rgb_toa.tif")
 
 
 def cloudcps(*args: str) -> None:
@@ -72,12 +76,62 @@ def _need_shared() -> None:
         raise SystemExit(f"{SHARED} is absent: the starter model is built from ../shared/data")
 
 
-def prepare(work: Path) -> Path:
-    """Tile every labelled patch/chip, the two scenes, and the L8 Biome val patches (val)."""
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a random ``pos`` value exceeds a random ``neg`` one (ties half)."""
+    x = np.concatenate([pos, neg])
+    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable") + 1.0
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def screen_coarse_labels(images: list[Path], label_dir: Path) -> dict[str, dict[str, Any]]:
+    """Which cloud / not-cloud label rasters agree with their own image.
+
+    On Cloud N's train chips come with labels of which many do not line up with their image
+    (cloud drawn over dark water, clear over a cloud field, polygons shifted off the clouds).
+    A label is kept when its cloud pixels are brighter (mean R, G, B) than its not-cloud pixels
+    in the image (AUC >= 0.75, both classes on >= 2 % of the chip), or, for a chip of one
+    class, when an all-cloud chip is not dark (median >= 1000) and an all-clear chip is not
+    cloud-bright (median <= 3000). Rejected chips stay in the unlabelled pool.
+    """
+    import rasterio
+
+    out: dict[str, dict[str, Any]] = {}
+    for img in images:
+        with rasterio.open(img) as s:
+            b = s.read([1, 2, 3]).astype(np.float32).mean(0)[::4, ::4].ravel()
+            valid = np.all(s.read([1, 2, 3]) > 0, axis=0)[::4, ::4].ravel()
+        with rasterio.open(label_dir / img.name) as m:
+            cloud = (m.read(1) == 1)[::4, ::4].ravel()
+        b, cloud = b[valid], cloud[valid]
+        share = float(cloud.mean()) if cloud.size else 0.0
+        rec: dict[str, Any] = {"cloud_share": round(share, 3)}
+        if 0.02 < share < 0.98:
+            rec["auc"] = round(_auc(b[cloud], b[~cloud]), 3)
+            rec["keep"] = rec["auc"] >= 0.75
+        elif share >= 0.98:
+            rec["median_cloud"] = float(np.median(b[cloud]))
+            rec["keep"] = rec["median_cloud"] >= 1000
+        else:
+            rec["median_clear"] = float(np.median(b[~cloud])) if (~cloud).any() else 0.0
+            rec["keep"] = rec["median_clear"] <= 3000
+        out[img.stem] = rec
+    return out
+
+
+def prepare(work: Path, protocol: str = "v3") -> Path:
+    """Tile every labelled patch/chip, the unlabelled scenes and the L8 Biome val patches (val).
+
+    ``v1`` is the protocol of the first starter (L8 Biome + On Cloud N labels, two unlabelled
+    scenes); ``v2`` adds the two cloud-free Landsat 8 scenes as free clear labels
+    (``tile --clear``) and the cloudy Betsiboka scene to the unlabelled pool, and reads R, G, B
+    only (the clear scenes have no NIR; the tiles never had it); ``v3`` also drops the On Cloud
+    N labels that contradict their own image (:func:`screen_coarse_labels`; the chips stay as
+    unlabelled images).
+    """
     from accuracy import _l8_toa
 
     _need_shared()
-    tiles = work / "tiles"
+    tiles = work / ("tiles" if protocol == "v1" else f"tiles-{protocol}")
     if (tiles / "manifest.json").exists():
         return tiles
     work.mkdir(parents=True, exist_ok=True)
@@ -88,9 +142,26 @@ def prepare(work: Path) -> Path:
         SHARED / "scenes" / "s2_l1c_nocloud_rgbn.tif",
         _l8_toa(SHARED / "scenes" / "l8_cloudy_rgbn.tif", work / "l8_cloudy_toa.tif"),
     ]
-    args = [str(p) for p in l8_train + l8_val + ocn + scenes]
-    for d in ("l8biome/train/masks", "l8biome/val/masks", "oncloudn_train/labels"):
+    args = []
+    ocn_labels = SHARED / "oncloudn_train" / "labels"
+    if protocol == "v3":
+        screen = screen_coarse_labels(ocn, ocn_labels)
+        (work / "ocn_screen.json").write_text(json.dumps(screen, indent=1))
+        ocn_labels = work / "ocn_labels_kept"
+        ocn_labels.mkdir(exist_ok=True)
+        for name, rec in screen.items():
+            link = ocn_labels / f"{name}.tif"
+            if rec["keep"] and not link.exists():
+                link.symlink_to(SHARED / "oncloudn_train" / "labels" / f"{name}.tif")
+    if protocol in ("v2", "v3"):
+        scenes.append(SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif")
+        for name in CLEAR_SCENES:
+            args += ["--clear", str(SHARED / "scenes" / name)]
+        args += ["--bands", "1,2,3"]
+    args += [str(p) for p in l8_train + l8_val + ocn + scenes]
+    for d in ("l8biome/train/masks", "l8biome/val/masks"):
         args += ["--label-dir", str(SHARED / d)]
+    args += ["--label-dir", str(ocn_labels)]
     for v in l8_val:
         args += ["--val", v.name]
     args += ["--label-map", LABEL_MAP, "--stretch", STRETCH, "--gamma", GAMMA]
@@ -99,17 +170,27 @@ def prepare(work: Path) -> Path:
     return tiles
 
 
-def run_dir(work: Path, mode: str, seed: int, iters: int) -> Path:
-    return work / "runs" / f"{mode}-s{seed}-i{iters}"
+def run_dir(work: Path, mode: str, seed: int, iters: int, synthetic: float = 0.0) -> Path:
+    syn = f"-syn{synthetic:g}" if synthetic else ""
+    return work / "runs" / f"{mode}{syn}-s{seed}-i{iters}"
 
 
-def train(work: Path, mode: str, seed: int, schedule: dict[str, Any], device: str) -> Path:
+def train(
+    work: Path,
+    mode: str,
+    seed: int,
+    schedule: dict[str, Any],
+    device: str,
+    synthetic: float = 0.0,
+    protocol: str = "v3",
+) -> Path:
     """Train (or resume) one run of the starter protocol."""
-    tiles = prepare(work)
-    out = run_dir(work, mode, seed, schedule["iters"])
+    tiles = prepare(work, protocol)
+    out = run_dir(work, mode, seed, schedule["iters"], synthetic)
     args = ["train", "--data", str(tiles), "--out", str(out), "--mode", mode, "--seed", str(seed)]
     for k, v in schedule.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
+    args += ["--synthetic-clouds", str(synthetic)]
     args += ["--device", device, "--workers", "1", "--eval-every", "250", "--log-every", "25"]
     if mode == "cps":
         args += ["--pool-labeled"]
@@ -124,125 +205,15 @@ def train(work: Path, mode: str, seed: int, schedule: dict[str, Any], device: st
 
 
 # --------------------------------------------------------------------------------------------
-# Scoring: our runs and ukis-csmask on the same files, by the same code
+# Scoring: our runs, the brightness rule and ukis-csmask on the same files, by the same code
 # --------------------------------------------------------------------------------------------
-
-FOLD3 = np.array([0, 1, 1, 2] + [255] * 252, np.uint8)  # thick+thin -> cloud, shadow kept
-FOLD2 = np.array([0, 1, 1, 0] + [255] * 252, np.uint8)  # thick+thin -> cloud, shadow -> clear
-
-
-def _val_sets() -> dict[str, list[tuple[Path, Path]]]:
-    l8 = SHARED / "l8biome" / "val"
-    ocn = SHARED / "oncloudn"
-    return {
-        "l8": [(p, l8 / "masks" / p.name) for p in sorted((l8 / "images").glob("*.tif"))],
-        "ocn": [(p, ocn / "labels" / p.name) for p in sorted((ocn / "images").glob("*.tif"))],
-    }
-
-
-def _references() -> dict[str, list[np.ndarray]]:
-    import rasterio
-
-    lut = np.full(256, 255, np.uint8)
-    for k, v in L8_MAP.items():
-        lut[k] = v
-    refs: dict[str, list[np.ndarray]] = {}
-    for name, pairs in _val_sets().items():
-        refs[name] = []
-        for _, ref in pairs:
-            with rasterio.open(ref) as r:
-                a = r.read(1)
-            refs[name].append(lut[a] if name == "l8" else a.astype(np.uint8))
-    return refs
-
-
-def _confusions(preds: dict[str, list[np.ndarray]], four_class: bool) -> dict[str, np.ndarray]:
-    """Confusion matrices: L8 4 classes (if the predictor has them), L8 3 classes, OCN binary."""
-    from cloudcps.metrics import confusion_matrix
-
-    refs = _references()
-    cms: dict[str, np.ndarray] = {}
-    if four_class:
-        cms["l8-4"] = sum(
-            (confusion_matrix(p, r, 4) for p, r in zip(preds["l8"], refs["l8"], strict=True)),
-            np.zeros((4, 4), np.int64),
-        )
-    fold_p = FOLD3 if four_class else np.arange(256, dtype=np.uint8)
-    cms["l8-3"] = sum(
-        (
-            confusion_matrix(fold_p[p], FOLD3[r], 3)
-            for p, r in zip(preds["l8"], refs["l8"], strict=True)
-        ),
-        np.zeros((3, 3), np.int64),
-    )
-    fold_b = FOLD2 if four_class else np.array([0, 1, 0] + [255] * 253, np.uint8)
-    cms["ocn-2"] = sum(
-        (confusion_matrix(fold_b[p], r, 2) for p, r in zip(preds["ocn"], refs["ocn"], strict=True)),
-        np.zeros((2, 2), np.int64),
-    )
-    return cms
-
-
-def _predict_ours(run: Path, nets: str = "both") -> dict[str, list[np.ndarray]]:
-    """Whole-file predictions of a run through the same code as ``cloudcps predict``."""
-    from cloudcps.models import load_for_inference
-
-    loaded = load_for_inference(run, nets=nets)
-    return {
-        name: [_predict_file(loaded, img) for img, _ in pairs]
-        for name, pairs in _val_sets().items()
-    }
-
-
-def _predict_file(loaded: Any, path: Path) -> np.ndarray:
-    import rasterio
-    import torch
-
-    from cloudcps.predict import ArraySink, Predictor, RasterSource
-
-    with rasterio.open(path) as src:
-        pred = Predictor(loaded, torch.device("cpu"))
-        sink = ArraySink(src.height, src.width, loaded.contract.num_classes, keep_probs=False)
-        pred.run(RasterSource(src, [1, 2, 3]), sink)
-    return sink.classes
-
-
-def _predict_ukis() -> dict[str, list[np.ndarray]]:
-    import rasterio
-    from peers import run_ukis
-
-    out: dict[str, list[np.ndarray]] = {}
-    for name, pairs in _val_sets().items():
-        level = "l1c" if name == "l8" else "l2a"
-        out[name] = []
-        for img, _ in pairs:
-            with rasterio.open(img) as s:
-                out[name].append(run_ukis(s.read(), product_level=level))
-    return out
-
-
-def _scores(cms: dict[str, np.ndarray]) -> dict[str, Any]:
-    from cloudcps.metrics import scores
-
-    names = {
-        "l8-4": list(CLASSES),
-        "l8-3": ["clear", "cloud", "cloud shadow"],
-        "ocn-2": ["not cloud", "cloud"],
-    }
-    return {k: scores(cm, names[k]) for k, cm in cms.items()}
 
 
 def score(work: Path) -> dict[str, Any]:
-    """Score every finished run (final iteration; ensemble and single net) and ukis-csmask."""
+    """Score every finished run (final iteration; net 1, and the ensemble for CPS)."""
     _need_shared()
     results_path = work / "scores.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if "ukis-csmask" not in results:
-        t0 = time.perf_counter()
-        results["ukis-csmask"] = {
-            "scores": _scores(_confusions(_predict_ukis(), four_class=False)),
-            "seconds": time.perf_counter() - t0,
-        }
     from cloudcps.models import load_checkpoint
 
     for run in sorted((work / "runs").glob("*-s*-i*")):
@@ -253,19 +224,19 @@ def score(work: Path) -> dict[str, Any]:
         iters = int(state["config"]["iters"])
         if int(state["iteration"]) < iters:
             continue  # unfinished: scored when it ends
-        variants = ["both", "1"] if len(state["nets"]) > 1 else ["1"]
+        variants = ["1", "both"] if len(state["nets"]) > 1 else ["1"]
         for nets in variants:
             key = f"{run.name}:{'ensemble' if nets == 'both' else 'net1'}"
             if key in results:
                 continue
             t0 = time.perf_counter()
-            preds = _predict_ours(latest, nets)
             results[key] = {
-                "scores": _scores(_confusions(preds, four_class=True)),
+                "scores": evalsets.score_model(latest, nets),
                 "seconds": time.perf_counter() - t0,
                 "mode": state["config"]["mode"],
                 "seed": state["config"]["seed"],
                 "iters": iters,
+                "synthetic_clouds": state["config"].get("synthetic_clouds", 0.0),
             }
             print(f"scored {key}", flush=True)
     results_path.write_text(json.dumps(results, indent=1))
@@ -284,30 +255,38 @@ def _mean_sd(values: list[float | None]) -> str:
     return f"{m:.1f} ± {100 * statistics.stdev(v):.1f}" if len(v) > 1 else f"{m:.1f}"
 
 
-def table(work: Path) -> str:
-    """Markdown tables: each model on each val set, seeds as mean ± sd."""
+def floor_rows(work: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    fl = evalsets.floors(work)
+    rows = [
+        (f"brightness rule, t = {fl['rule']['threshold']:g} (fitted on train)", [fl["rule"]]),
+        ("brightness rule, t = 2000", [fl["rule-2000"]]),
+    ]
+    if "ukis-csmask" in fl:
+        rows.append(("ukis-csmask 1.0.0 (4 bands)", [fl["ukis-csmask"]]))
+    return rows
+
+
+def table(work: Path, only: str | None = None) -> str:
+    """Markdown tables: each model on each val set, seeds as mean ± sd, floors on top."""
     results = json.loads((work / "scores.json").read_text())
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, r in results.items():
-        if key == "ukis-csmask":
-            continue
         run, variant = key.split(":")
-        mode, _, it = run.split("-")
-        groups.setdefault(f"cloudcps {mode} ({variant}, {it[1:]} it)", []).append(r)
+        if only and only not in run:
+            continue
+        name = run.rsplit("-s", 1)[0]
+        it = run.rsplit("-i", 1)[1]
+        groups.setdefault(f"cloudcps {name} ({variant}, {it} it)", []).append(r)
     lines = []
-    heads = {
-        "l8-4": ("L8 Biome val, 4 classes", CLASSES),
-        "l8-3": ("L8 Biome val, 3 classes (thick+thin = cloud)", ("clear", "cloud", "shadow")),
-        "ocn-2": ("On Cloud N val (5 chips), binary (shadow = not cloud)", ("not cloud", "cloud")),
-    }
-    for set_key, (title, names) in heads.items():
+    for set_key, (title, names) in evalsets.SET_NAMES.items():
         lines += [f"**{title}** (IoU %)", ""]
         lines.append("| model | seeds | " + " | ".join(names) + " | mIoU |")
         lines.append("|---|---|" + "---|" * (len(names) + 1))
-        rows = list(groups.items())
-        if set_key != "l8-4":
-            rows = [("ukis-csmask 1.0.0 (4 bands)", [results["ukis-csmask"]]), *rows]
-        for name, rs in rows:
+        for name, rs in [*floor_rows(work), *groups.items()]:
+            if set_key not in rs[0]["scores"]:
+                n = len(names) + 1
+                lines.append(f"| {name} | {len(rs)} | " + " | ".join(["n/a"] * n) + " |")
+                continue
             cells = [
                 _mean_sd([r["scores"][set_key]["iou"][c] for r in rs]) for c in range(len(names))
             ]
@@ -427,11 +406,13 @@ def figures(model: str, dest: Path) -> None:
     import rasterio
     from matplotlib.colors import ListedColormap
 
-    from cloudcps.models import load_for_inference
-
-    loaded = load_for_inference(model)
+    predict = evalsets.model_predictor(model)
     work = WORK
     cases = [
+        (
+            "Sentinel-2 L1C, Betsiboka: cumulus, thin cloud, shadows",
+            SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif",
+        ),
         ("Sentinel-2 L1C, cloud-free", SHARED / "scenes" / "s2_l1c_nocloud_rgbn.tif"),
         ("Landsat 8 (TOA), altocumulus", work / "l8_cloudy_toa.tif"),
         ("On Cloud N val chip_id_2", SHARED / "oncloudn" / "images" / "chip_id_2.tif"),
@@ -439,13 +420,15 @@ def figures(model: str, dest: Path) -> None:
     ]
     l8_val = sorted((SHARED / "l8biome" / "val" / "images").glob("*.tif"))
     cases += [(f"L8 Biome val {p.stem}", p) for p in l8_val[:4]]
+    scr = SHARED / "cloudsen12_scribble" / "images"
+    cases += [(f"CloudSEN12 {p}", scr / f"{p}.tif") for p in ("roi2507_cloudy",)]
     colours = ListedColormap(["#3a7d2c", "#ffffff", "#7fc8ff", "#3b2a80"])
     dest.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(cases), 2, figsize=(7, 3.4 * len(cases)))
     for (title, path), (a0, a1) in zip(cases, axes, strict=True):
         with rasterio.open(path) as src:
             rgb = src.read([1, 2, 3]).astype(np.float32)
-        mask = _predict_file(loaded, path)
+        mask = predict(path)
         a0.imshow(np.clip((rgb / 3000.0) ** 0.7, 0, 1).transpose(1, 2, 0))
         a0.set_title(title, fontsize=9)
         shown = np.ma.masked_equal(mask, 255)
@@ -470,6 +453,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--iters", type=int)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--synthetic", type=float, default=STARTER_SYNTHETIC)
+    ap.add_argument("--protocol", choices=["v1", "v2", "v3"], default="v3")
+    ap.add_argument("--only", help="table: only runs whose name holds this")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--note", default="")
     ap.add_argument("--ft-iters", type=int, default=200)
@@ -483,14 +469,17 @@ def main() -> None:
         schedule["iters"] = args.iters
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.what == "prepare":
-        print(prepare(args.work))
+        print(prepare(args.work, args.protocol))
     elif args.what == "train":
-        print(train(args.work, args.mode, args.seed, schedule, args.device))
+        out = train(
+            args.work, args.mode, args.seed, schedule, args.device, args.synthetic, args.protocol
+        )
+        print(out)
     elif args.what == "score":
         score(args.work)
         print(table(args.work))
     elif args.what == "table":
-        print(table(args.work))
+        print(table(args.work, args.only))
         if (args.work / "finetune.json").exists():
             print(finetune_table(args.work))
     elif args.what == "package":
@@ -505,7 +494,7 @@ def main() -> None:
     else:
         for seed in seeds:
             for mode in ("supervised", "cps"):
-                train(args.work, mode, seed, schedule, args.device)
+                train(args.work, mode, seed, schedule, args.device, args.synthetic)
         score(args.work)
         print(table(args.work))
 

@@ -26,7 +26,7 @@ def _classes(text: str) -> tuple[str, ...]:
 
 
 @click.command(short_help="Cut scenes into RGB tiles, label tiles, a manifest and splits.")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
     "--label-dir",
@@ -120,6 +120,14 @@ def _classes(text: str) -> tuple[str, ...]:
     help="Image tile format.",
 )
 @click.option("--quality", default=95, show_default=True, type=int, help="JPEG quality.")
+@click.option(
+    "--clear",
+    "clear",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A scene known to be cloud-free (a catalogue cloud cover of 0 %): tiled with every "
+    "valid pixel labelled clear. Repeatable; need not be listed among SCENES.",
+)
 @overwrite_opt
 @click.pass_context
 @user_errors
@@ -145,6 +153,7 @@ def tile(
     workers: int,
     image_format: str,
     quality: int,
+    clear: tuple[Path, ...],
     overwrite: bool,
 ) -> None:
     """Cut 4-band scenes into 8-bit RGB tiles (NIR dropped), aligned label tiles, a
@@ -157,6 +166,7 @@ def tile(
     \b
     $ cloudcps tile scenes/*.tif --label-dir labels --label-map 128:0,255:1,192:2,64:3 \\
         --val scenes/a.tif --out tiles
+    $ cloudcps tile scenes/*.tif --label-dir labels --clear clear/LC08_*.tif --out tiles
     """
     from cloudcps.tiling import StretchSpec
 
@@ -168,6 +178,7 @@ def tile(
         stretch=stretch,
         gamma=gamma,
         label_dirs=label_dir,
+        clear=clear,
         label_map=label_map,
         unknown_labels="ignore" if unknown_labels == "ignore" else "error",
         classes=classes,

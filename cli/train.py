@@ -66,6 +66,30 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     help="On labelled images the CPS term uses the labels, not pseudo-labels.",
 )
 @click.option(
+    "--synthetic-clouds",
+    type=float,
+    help="Share (0-1) of the labelled samples that get synthetic clouds and shadows laid over "
+    "their real image, the label following the layer; drawn from --seed.  [default: 0]",
+)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="[default: sgd]")
+@click.option(
+    "--encoder-norm",
+    type=click.Choice(["batch", "frozen"]),
+    help="frozen: the encoder's BatchNorm keeps its pretrained statistics.  [default: batch]",
+)
+@click.option(
+    "--ema",
+    type=float,
+    help="Validate, save and ship an exponential moving average of the weights with this decay "
+    "(e.g. 0.99; 0 = off).  [default: 0]",
+)
+@click.option(
+    "--bn-recalibrate",
+    type=int,
+    help="Before each validation and checkpoint, set BatchNorm statistics to their mean over N "
+    "batches of training crops (0 = off).  [default: 50]",
+)
+@click.option(
     "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"
 )
 @click.option("--crop", type=int, help="Training crop side in pixels.  [default: 512]")

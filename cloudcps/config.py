@@ -17,6 +17,8 @@ from cloudcps.errors import InputError, first_line
 
 Mode = Literal["cps", "supervised"]
 Policy = Literal["plain", "threshold", "adaptive"]
+Optimizer = Literal["sgd", "adamw"]
+EncoderNorm = Literal["batch", "frozen"]
 
 
 @dataclass
@@ -48,11 +50,16 @@ class TrainConfig:
     trust_labels: bool = False
     class_weights: str = "none"
     pool_labeled: bool = False
+    synthetic_clouds: float = 0.0
     batch_size: int = 8
     crop: int = 512
     scale_min: float = 0.5
     scale_max: float = 2.0
     lr: float | None = None
+    optimizer: Optimizer = "sgd"
+    encoder_norm: EncoderNorm = "batch"
+    bn_recalibrate: int = 50
+    ema: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_power: float = 0.9
@@ -77,6 +84,10 @@ class TrainConfig:
                 f"--crop {self.crop} must be a multiple of 32",
             ),
             (self.cps_weight >= 0, f"--cps-weight {self.cps_weight} must be >= 0"),
+            (
+                0 <= self.synthetic_clouds <= 1,
+                f"--synthetic-clouds {self.synthetic_clouds} must be a share in [0, 1]",
+            ),
             (0 <= self.cps_rampup <= 1, f"--cps-rampup {self.cps_rampup} must be in [0, 1]"),
             (0 < self.threshold < 1, f"--threshold {self.threshold} must be in (0, 1)"),
             (0 < self.scale_min <= self.scale_max, "scale_min must be > 0 and <= scale_max"),
@@ -87,6 +98,11 @@ class TrainConfig:
             (self.log_every >= 1, f"--log-every {self.log_every} must be at least 1"),
             (self.eval_every >= 0, f"--eval-every {self.eval_every} must be >= 0 (0 = iters/10)"),
             (self.val_max >= 0, f"--val-max {self.val_max} must be >= 0 (0 = all)"),
+            (0 <= self.ema < 1, f"--ema {self.ema} must be in [0, 1) (0 = off)"),
+            (
+                0 <= self.bn_recalibrate <= 10000,
+                f"--bn-recalibrate {self.bn_recalibrate} must be in 0..10000 batches",
+            ),
             (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
             (self.crop <= 8192, f"--crop {self.crop} must be at most 8192"),
         ]

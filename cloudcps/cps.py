@@ -13,6 +13,7 @@ Names follow UniMatch: ``img_x``/``mask_x`` labelled, ``img_u`` unlabelled.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -59,6 +60,7 @@ from cloudcps.pseudo import (
     restrict_to_labels,
     supervised_loss,
 )
+from cloudcps.synclouds import CLOUD_CLASSES, SyntheticClouds
 from cloudcps.tiling import DataContract
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,7 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 class TrainData:
     contract: DataContract
     labeled: SegmentationDataset
+    calibration: SegmentationDataset  # BatchNorm recalibration: labelled crops at scale 1
     unlabeled: SegmentationDataset | None
     val: SegmentationDataset | None
     source: str
@@ -186,9 +189,19 @@ def build_data(cfg: TrainConfig) -> TrainData:
     unl_items = [dataclasses.replace(it, label=None) for it in unl_items]
     if cfg.pool_labeled:
         unl_items = unl_items + list(lab_items)
+    synthetic = None
+    if cfg.synthetic_clouds > 0:
+        if tuple(contract.classes) != CLOUD_CLASSES:
+            raise InputError(
+                f"--synthetic-clouds needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
+                f"{', '.join(contract.classes)}: pass --synthetic-clouds 0"
+            )
+        synthetic = SyntheticClouds(cfg.synthetic_clouds, contract.stretch)
+    calibration_aug = Augment(min(cfg.crop, contract.tile_size), 1.0, 1.0)
     return TrainData(
         contract=contract,
-        labeled=SegmentationDataset(lab_items, aug, True, mean, std, k),
+        labeled=SegmentationDataset(lab_items, aug, True, mean, std, k, synthetic),
+        calibration=SegmentationDataset(lab_items, calibration_aug, True, mean, std, k, synthetic),
         unlabeled=SegmentationDataset(unl_items, aug, True, mean, std, k) if unl_items else None,
         val=SegmentationDataset(val_items, None, True, mean, std, k) if val_items else None,
         source=source,
@@ -302,6 +315,34 @@ def _param_groups(nets: list[nn.Module], weight_decay: float) -> list[dict[str, 
     ]
 
 
+def _optimizer(cfg: TrainConfig, nets: list[nn.Module], lr: float) -> torch.optim.Optimizer:
+    groups = _param_groups(nets, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
+def _ema_copy(net: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(net)
+    ema.eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def set_train_mode(net: nn.Module, encoder_norm: str) -> None:
+    """Training mode; with ``encoder_norm="frozen"`` the encoder's BatchNorm layers keep their
+    pretrained running statistics (eval mode) while their affine parameters still learn: batch
+    statistics of 2-8 small crops are too noisy to replace ImageNet's."""
+    net.train()
+    if encoder_norm == "frozen":
+        encoder = getattr(_unwrap(net), "encoder", None)
+        if isinstance(encoder, nn.Module):
+            for m in encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
     inner = getattr(net, "module", None)
     return inner if isinstance(inner, nn.Module) else net
@@ -404,11 +445,9 @@ class Trainer:
                 self.spec, cfg.encoder_weights, cfg.seed, count=count
             )
         self.nets = [self._place(n) for n in nets]
-        self.optimizer = torch.optim.SGD(
-            _param_groups(self.nets, cfg.weight_decay),
-            lr=cfg.base_lr(self.rt.world),
-            momentum=cfg.momentum,
-        )
+        # an exponential moving average of the weights is what validates, ships and predicts
+        self.ema_nets = [_ema_copy(_unwrap(n)) for n in self.nets] if cfg.ema > 0 else []
+        self.optimizer = _optimizer(cfg, self.nets, cfg.base_lr(self.rt.world))
         self.schedule = PolyLR(self.optimizer, cfg.base_lr(self.rt.world), cfg.iters, cfg.lr_power)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
         self.policy: PseudoLabelPolicy = make_policy(cfg.pseudo_labels, self.k, cfg.threshold)
@@ -427,7 +466,16 @@ class Trainer:
         if spec == "none":
             return None
         if spec == "auto":
-            counts = label_class_counts(self.data.labeled.items, self.k)
+            ds = self.data.labeled
+            if ds.synthetic is not None:
+                # the loss sees the composites' labels, not the label files: count those
+                sampler = iter(InfiniteSampler(len(ds), seed=self.cfg.seed * 1000 + 5))
+                total = torch.zeros(self.k, dtype=torch.float64)
+                for _ in range(min(256, 4 * len(ds))):
+                    total += class_counts(ds[next(sampler)]["mask"], self.k)
+                counts = total.numpy()
+            else:
+                counts = label_class_counts(ds.items, self.k)
             w = balanced_class_weights(torch.from_numpy(counts))
         else:
             values = [float(v) for v in spec.split(",")]
@@ -483,8 +531,10 @@ class Trainer:
         return net
 
     def _restore(self, state: dict[str, Any]) -> None:
-        for net, sd in zip(self.nets, state["nets"], strict=True):
+        for net, sd in zip(self.nets, state.get("train_nets") or state["nets"], strict=True):
             _unwrap(net).load_state_dict(sd)
+        for ema, sd in zip(self.ema_nets, state["nets"], strict=False):
+            ema.load_state_dict(sd)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.policy.load_state_dict(state.get("policy", {}))
@@ -518,7 +568,7 @@ class Trainer:
     def _state(self, full: bool) -> dict[str, Any]:
         state: dict[str, Any] = {
             "model": self.spec.to_dict(),
-            "nets": [_unwrap(n).state_dict() for n in self.nets],
+            "nets": [n.state_dict() for n in self.eval_nets()],
             "iteration": self.iteration,
             "config": self.cfg.to_dict(),
             "contract": self.data.contract.to_dict(),
@@ -527,6 +577,8 @@ class Trainer:
             "encoder_weights": self.weights_desc,
         }
         if full:
+            if self.ema_nets:  # the weights being trained, to resume from
+                state["train_nets"] = [_unwrap(n).state_dict() for n in self.nets]
             rng: dict[str, Any] = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -562,6 +614,8 @@ class Trainer:
         valid_x = batch_x["valid"].to(dev, non_blocking=True)
         bx = img_x.shape[0]
         stats: dict[str, Any] = {"labeled": class_counts(mask_x.cpu(), self.k)}
+        for net in self.nets:  # validation in between leaves the networks in train mode
+            set_train_mode(net, self.cfg.encoder_norm)
         self.optimizer.zero_grad(set_to_none=True)
 
         if not self.cps:
@@ -633,6 +687,15 @@ class Trainer:
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema_nets:
+            # warm-up: early weights are forgotten quickly
+            decay = min(self.cfg.ema, (1 + self.iteration) / (10 + self.iteration))
+            with torch.no_grad():
+                for ema, net in zip(self.ema_nets, self.nets, strict=True):
+                    for e, p in zip(ema.parameters(), _unwrap(net).parameters(), strict=True):
+                        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+                    for eb, b in zip(ema.buffers(), _unwrap(net).buffers(), strict=True):
+                        eb.copy_(b)
         stats.update(
             cps_weight=cps_weight,
             loss=float(loss.detach()),
@@ -665,10 +728,61 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def recalibrate_norm(self) -> None:
+        """Population statistics for the BatchNorm layers that train ("precise BN").
+
+        With 2-8 small crops a step, running statistics follow the last few batches (snow,
+        water, cloud, crops padded by the scale augmentation) and swing from one check to the
+        next; the model validated and saved would be whichever the last batches left.
+        ``bn_recalibrate`` batches of labelled crops at scale 1 (no padding, as at prediction
+        time; synthetic clouds as in training), drawn from a stream fixed by the seed and the
+        iteration (so a resumed run gets the same), give each layer the plain mean over all.
+        """
+        n = self.cfg.bn_recalibrate
+        if n <= 0:
+            return
+        nets = self.eval_nets()
+        for net in nets:
+            set_train_mode(net, self.cfg.encoder_norm)
+        layers = [
+            m
+            for net in nets
+            for m in net.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.training
+            and m.track_running_stats
+        ]
+        if not layers:
+            return
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative mean
+        ds = self.data.calibration
+        stream = iter(
+            InfiniteSampler(len(ds), seed=self.cfg.seed * 1000 + 3 + 7919 * self.iteration)
+        )
+        size = max(2, self.cfg.batch_size)  # pooled BatchNorm layers need two values a channel
+        for _ in range(n):
+            x = torch.stack([ds[next(stream)]["image"] for _ in range(size)])
+            x = x.to(self.rt.device)
+            for net in nets:
+                self._forward(net, x)
+        for m, mom in zip(layers, momenta, strict=True):
+            m.momentum = mom
+        if self.ema_nets:
+            for net in self.ema_nets:
+                net.eval()
+
+    def eval_nets(self) -> list[nn.Module]:
+        """The networks that validate and are saved: the weight averages when ``ema`` is on."""
+        return self.ema_nets or [_unwrap(n) for n in self.nets]
+
     def validate(self) -> dict[str, Any] | None:
         if self.data.val is None:
             return None
-        nets = [_unwrap(n) for n in self.nets]
+        nets = self.eval_nets()
         cms = evaluate_networks(nets, self.data.val, self.k, self.rt.device, self.amp)
         names = self.data.contract.classes
         result = {name: scores(cm, names) for name, cm in cms.items()}
@@ -732,6 +846,7 @@ class Trainer:
                     self._log(row, writer)
                     history.append(row)
                 if self.iteration % every_eval == 0 or last:
+                    self.recalibrate_norm()
                     self._evaluate_and_keep(writer, history)
                     self.save("latest.pt")
                 elif self.iteration == end:

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from cloudcps.errors import InputError, first_line
+from cloudcps.synclouds import SyntheticClouds
 from cloudcps.tiling import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
@@ -112,6 +113,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         num_classes: when given, a label value that is neither a class id, 255 (ignore) nor a
             partial-label code of these classes is an error naming the file (instead of an
             index error deep inside the loss).
+        synthetic: synthetic clouds laid over a share of the augmented samples (drawn from each
+            sample's seed, before the augmentation).
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         num_classes: int | None = None,
+        synthetic: SyntheticClouds | None = None,
     ) -> None:
         self.items = list(items)
+        self.synthetic = synthetic
         self.augment_cfg = augment_cfg
         self.labeled = labeled
         self.mean, self.std = tuple(mean), tuple(std)
@@ -191,6 +196,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, seed = (key, 0) if isinstance(key, int) else key
         image, mask, valid = self.load(i)
+        if self.synthetic is not None and not isinstance(key, int):
+            image, mask = self.synthetic.apply(image, mask, valid, seed)
         if self.augment_cfg is not None:
             image, mask, valid = augment(image, mask, valid, self.augment_cfg, seed)
         return {

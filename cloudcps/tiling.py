@@ -324,6 +324,7 @@ class TileOptions:
     stretch: StretchSpec = field(default_factory=StretchSpec)
     gamma: float = 1.0
     label_dirs: tuple[Path, ...] = ()
+    clear: tuple[Path, ...] = ()
     label_map: dict[int, int] | None = None
     unknown_labels: Literal["error", "ignore"] = "error"
     classes: tuple[str, ...] = DEFAULT_CLASSES
@@ -367,6 +368,11 @@ class TileOptions:
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"--quality {self.jpeg_quality} must be in 1..100")
         k = len(self.classes)
+        if self.clear and "clear" not in self.classes:
+            raise InputError(
+                f"--clear labels scenes with the class 'clear', which --classes "
+                f"{','.join(self.classes)} lacks; add it or drop --clear"
+            )
         if self.label_map:
             if k > MAX_PARTIAL_CLASSES and any(map(is_partial, self.label_map.values())):
                 raise InputError(
@@ -412,6 +418,7 @@ class SceneInfo:
     crs: str | None
     transform: tuple[float, ...]
     role: str = "train"
+    clear: bool = False  # known cloud-free: every valid pixel is labelled clear
 
     @property
     def id(self) -> str:
@@ -665,6 +672,12 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
         lab = open_raster(scene.label, "label raster") if scene.label else None
         try:
             to_class = _label_lut(opts.label_map, k, lab.nodata)[0] if lab else None
+            if scene.clear:
+                clear_id = opts.classes.index("clear")
+
+                def to_class(raw: np.ndarray) -> np.ndarray:
+                    return np.full(raw.shape, clear_id, np.uint8)
+
             rgb = list(opts.bands[:3])
             for window in tile_windows(src.width, src.height, t, opts.overlap):
                 vw = _clip(window, src.width, src.height)
@@ -710,9 +723,10 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
                     Image.fromarray(valid.astype(np.uint8) * 255).save(
                         out / rec["valid_mask"], compress_level=1
                     )
-                if lab is not None and to_class is not None:
+                if to_class is not None:
                     label = np.full((t, t), IGNORE_INDEX, dtype=np.uint8)
-                    label[:h, :w] = to_class(lab.read(1, window=vw))
+                    raw = lab.read(1, window=vw) if lab is not None else np.zeros((h, w))
+                    label[:h, :w] = to_class(raw)
                     label[~valid] = IGNORE_INDEX
                     counts = np.bincount(label.ravel(), minlength=256)
                     rec["label"] = f"labels/{tile_id}.png"
@@ -836,15 +850,29 @@ def tile_scenes(
     opts.validate()
     out_path = Path(out)
     check_out_dir(
-        out_path, opts.overwrite, "tiles", [Path(p) for p in scenes] + list(opts.label_dirs)
+        out_path,
+        opts.overwrite,
+        "tiles",
+        [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs),
     )
-    if not scenes:
+    if not scenes and not opts.clear:
         raise InputError("no scenes given; pass one or more 4-band rasters")
     for d in opts.label_dirs:
         if not Path(d).is_dir():
             raise InputError(f"--label-dir {d} is not a folder")
     paths = [Path(s) for s in scenes]
+    known = {p.resolve() for p in paths}
+    paths += [Path(p) for p in opts.clear if Path(p).resolve() not in known]
+    clear = {Path(p).resolve() for p in opts.clear}
     infos = [inspect_scene(p, opts.bands, opts.label_dirs) for p in paths]
+    for s in infos:
+        if s.path.resolve() in clear:
+            if s.label is not None:
+                raise InputError(
+                    f"scene {s.path} is given with --clear but has the label raster {s.label}; "
+                    "drop --clear for it or remove the label"
+                )
+            s.clear = True
     seen: dict[str, Path] = {}
     for s in infos:
         if s.id in seen:
@@ -854,7 +882,7 @@ def tile_scenes(
             )
         seen[s.id] = s.path
     notes: list[str] = []
-    if opts.label_dirs and not any(s.label for s in infos):
+    if opts.label_dirs and not any(s.label or s.clear for s in infos):
         raise InputError(
             f"no label raster found in --label-dir {', '.join(map(str, opts.label_dirs))} for any "
             "scene; label files must have the scene's file name"
@@ -967,6 +995,7 @@ def tile_scenes(
                     "crs": s.crs,
                     "transform": list(s.transform),
                     "role": s.role,
+                    "clear": s.clear,
                 }
                 for s in infos
             ],
@@ -983,7 +1012,7 @@ def tile_scenes(
     return TileSummary(
         out=out_path,
         scenes=len(infos),
-        labeled_scenes=sum(1 for s in infos if s.label is not None),
+        labeled_scenes=sum(1 for s in infos if s.label is not None or s.clear),
         tiles=len(tiles),
         splits={k: len(v) for k, v in splits.items()},
         skipped_low_valid=skipped,

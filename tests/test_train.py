@@ -182,7 +182,15 @@ def test_cps_run_writes_checkpoints_and_metrics(tiny_tiles: Path, tmp_path: Path
     assert "optimizer" not in best and best["best"]["miou"] is not None
 
 
-@pytest.mark.parametrize("extra", [{}, {"pseudo_labels": "adaptive", "cutmix": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"pseudo_labels": "adaptive", "cutmix": True},
+        {"bn_recalibrate": 2, "optimizer": "adamw", "lr": 1e-3, "encoder_norm": "frozen"},
+        {"ema": 0.9, "bn_recalibrate": 2, "mode": "supervised"},
+    ],
+)
 def test_resume_equals_uninterrupted_run(tiny_tiles: Path, tmp_path: Path, extra: dict) -> None:
     whole = Trainer(tiny_cfg(tiny_tiles, tmp_path / "A", iters=6, eval_every=3, **extra))
     whole.fit()
@@ -192,7 +200,9 @@ def test_resume_equals_uninterrupted_run(tiny_tiles: Path, tmp_path: Path, extra
     cfg_r, state = resolve_config({"out": str(tmp_path / "B")}, None, resume=True)
     resumed = Trainer(cfg_r, resume_state=state)
     resumed.fit()
-    for na, nb in zip(whole.nets, resumed.nets, strict=True):
+    pairs = [*zip(whole.nets, resumed.nets, strict=True)]
+    pairs += zip(whole.eval_nets(), resumed.eval_nets(), strict=True)  # the averages too
+    for na, nb in pairs:
         for (k, va), vb in zip(na.state_dict().items(), nb.state_dict().values(), strict=True):
             assert torch.equal(va, vb), k
     rows = [json.loads(x) for x in (tmp_path / "B" / "metrics.jsonl").read_text().splitlines()]
@@ -385,3 +395,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     with pytest.raises(TrainingDivergedError, match="the loss became nan at iteration 3"):
         Trainer(cfg_r, resume_state=state).fit()
     assert load_checkpoint(tmp_path / "R" / "latest.pt")["iteration"] == 2
+
+
+def test_ema_weights_are_what_is_saved(tiny_tiles: Path, tmp_path: Path) -> None:
+    """With --ema the checkpoint's networks are the weight average (what predict loads), and
+    latest.pt also keeps the trained weights to resume from."""
+    cfg = tiny_cfg(tiny_tiles, tmp_path / "R", iters=4, eval_every=4, ema=0.9, mode="supervised")
+    trainer = Trainer(cfg)
+    trainer.fit()
+    latest = load_checkpoint(tmp_path / "R" / "latest.pt")
+    ema_sd, train_sd = latest["nets"][0], latest["train_nets"][0]
+    raw = trainer.nets[0].state_dict()
+    key = next(k for k, v in raw.items() if v.is_floating_point() and v.ndim == 4)
+    assert torch.equal(train_sd[key], raw[key])
+    assert not torch.equal(ema_sd[key], train_sd[key])
+    assert torch.equal(ema_sd[key], trainer.ema_nets[0].state_dict()[key])
+    assert "train_nets" not in load_checkpoint(tmp_path / "R" / "best.pt")

@@ -1,0 +1,238 @@
+"""Why the starter lost to a brightness rule: one change at a time on short schedules.
+
+    python bench/ablate.py run NAME [--set key=value ...] [--data l8ocn|l8] [--seed 0]
+    python bench/ablate.py table [--names a,b,c]
+
+Each run trains (supervised unless ``--set mode=cps``) on the tiles of ``bench/starter.py
+prepare`` with the overrides given, then scores its final checkpoint on every real val set
+(L8 Biome 4 and 3 classes, On Cloud N, CloudSEN12 scribbles) beside the brightness rule and
+ukis-csmask, and keeps the in-training L8 val curve (learning curve, best vs final). Results:
+``bench/out/ablate/results.json``; the table goes into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import evalsets  # noqa: E402
+
+WORK = ROOT / "bench" / "out" / "ablate"
+STARTER_TILES = ROOT / "bench" / "out" / "starter" / "tiles"
+# the short reference schedule: today's starter recipe, 600 iterations
+BASE: dict[str, Any] = {
+    "mode": "supervised",
+    "iters": 600,
+    "batch_size": 2,
+    "crop": 256,
+    "lr": 0.005,
+    "class_weights": "auto",
+    "bn_recalibrate": 0,  # the trainer's default before this ablation
+}
+
+
+def data_variant(name: str) -> Path:
+    """A view of the starter tiles with other split lists (symlinked images, own splits)."""
+    if name == "l8ocn":
+        return STARTER_TILES
+    if name in ("v2", "v3"):  # v2: + cloud-free L8 scenes (--clear), + Betsiboka unlabelled;
+        from starter import WORK as STARTER_WORK  # v3: + On Cloud N labels screened
+        from starter import prepare
+
+        return prepare(STARTER_WORK, name)
+    out = WORK / f"tiles-{name}"
+    if (out / "manifest.json").exists():
+        return out
+    manifest = json.loads((STARTER_TILES / "manifest.json").read_text())
+    labeled = (STARTER_TILES / "splits" / "labeled.txt").read_text().split()
+    scenes = {s["id"]: s for s in manifest["scenes"]}
+
+    def is_l8(tile_id: str) -> bool:
+        scene = manifest_tiles[tile_id]["scene"]
+        return "l8biome" in str(scenes[scene]["path"])
+
+    manifest_tiles = {t["id"]: t for t in manifest["tiles"]}
+    if name == "l8":
+        keep = [t for t in labeled if is_l8(t)]
+    elif name == "l8ocn-screened":  # On Cloud N chips whose labels contradict their image out
+        from starter import SHARED as STARTER_SHARED
+        from starter import WORK as STARTER_WORK
+        from starter import screen_coarse_labels
+
+        chips = sorted((STARTER_SHARED / "oncloudn_train" / "images").glob("*.tif"))
+        screen = screen_coarse_labels(chips, STARTER_SHARED / "oncloudn_train" / "labels")
+        (STARTER_WORK / "ocn_screen.json").write_text(json.dumps(screen, indent=1))
+        keep = [t for t in labeled if is_l8(t) or screen[manifest_tiles[t]["scene"]]["keep"]]
+    else:
+        raise SystemExit(f"unknown data variant {name}")
+    (out / "splits").mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "labels", "valid"):
+        link = out / sub
+        if not link.exists():
+            link.symlink_to(STARTER_TILES / sub)
+    for split in ("unlabeled", "val"):
+        (out / "splits" / f"{split}.txt").write_text(
+            (STARTER_TILES / "splits" / f"{split}.txt").read_text()
+        )
+    (out / "splits" / "labeled.txt").write_text("\n".join(keep) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def parse_value(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v, v)
+
+
+def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str, Any]:
+    from cloudcps.config import TrainConfig, config_from_dict
+    from cloudcps.cps import Trainer
+
+    results_path = WORK / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    key = f"{name}-s{seed}"
+    if key in results:
+        return dict(results[key])
+    tiles = data_variant(data)
+    settings = {**BASE, **overrides}
+    iters = int(settings["iters"])
+    cfg = config_from_dict(
+        {
+            **settings,
+            "data": str(tiles),
+            "out": str(WORK / "runs" / key),
+            "seed": seed,
+            "device": "cpu",
+            "workers": 1,
+            "eval_every": max(1, iters // 6),
+            "log_every": 25,
+        },
+        TrainConfig(),
+    )
+    resume = None
+    latest = Path(cfg.out) / "latest.pt"
+    if latest.exists():
+        from cloudcps.models import load_checkpoint
+
+        resume = load_checkpoint(latest)
+    t0 = time.perf_counter()
+    res = Trainer(cfg, resume_state=resume, overwrite=resume is None).fit()
+    seconds = time.perf_counter() - t0
+    curve = [
+        (row["iter"], round(100 * row["miou_net1"], 1))
+        for row in res.history
+        if row.get("event") == "val" and row.get("miou_net1") is not None
+    ]
+    s_final = evalsets.score_model(latest)
+    out: dict[str, Any] = {
+        "settings": {**settings, "data": data},
+        "seed": seed,
+        "seconds": seconds,
+        "curve_l8_val4": curve,
+        "final": evalsets.headline(s_final),
+        "final_scores": s_final,
+    }
+    best = Path(cfg.out) / "best.pt"
+    if best.exists():
+        out["best"] = evalsets.headline(evalsets.score_model(best))
+        out["best_iter"] = res.best_iteration
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[key] = out
+    results_path.write_text(json.dumps(results, indent=1))
+    return out
+
+
+COLS = ["l8-4 mIoU", "l8-3 mIoU", "l8 cloud", "ocn cloud", "scr-4 mIoU", "scr thin", "scr shadow"]
+
+
+def table(names: list[str] | None = None) -> str:
+    import statistics
+
+    results = json.loads((WORK / "results.json").read_text())
+    fl = evalsets.floors(WORK)
+    lines = [
+        "| run | change | seeds | " + " | ".join(COLS) + " | s/it | L8-4 val every 100 it |",
+        "|---|---|---|" + "---|" * (len(COLS) + 2),
+    ]
+    for label, f in (
+        (f"brightness rule (t = {fl['rule']['threshold']:g}, fitted on train)", fl["rule"]),
+        ("brightness rule (t = 2000)", fl["rule-2000"]),
+        ("ukis-csmask 1.0.0 (4 bands)", fl.get("ukis-csmask")),
+    ):
+        if f is None:
+            continue
+        h = evalsets.headline(f["scores"])
+        cells = ["-" if h[c] is None else f"{h[c]:.1f}" for c in COLS]
+        lines.append(f"| {label} | | | " + " | ".join(cells) + " | | |")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, r in results.items():
+        groups.setdefault(key.rsplit("-s", 1)[0], []).append(r)
+    for name, rs in groups.items():
+        if names and name not in names:
+            continue
+        change = ", ".join(
+            f"{k}={v}" for k, v in rs[0]["settings"].items() if BASE.get(k) != v and k != "data"
+        )
+        if rs[0]["settings"].get("data", "l8ocn") != "l8ocn":
+            change = f"data={rs[0]['settings']['data']}" + (f", {change}" if change else "")
+        cells = []
+        for c in COLS:
+            v = [r["final"][c] for r in rs if r["final"][c] is not None]
+            cells.append(
+                "-"
+                if not v
+                else f"{statistics.mean(v):.1f}"
+                + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "")
+            )
+        spi = statistics.mean(r["seconds"] / r["settings"]["iters"] for r in rs)
+        curve = " ".join(f"{v:.0f}" for _, v in rs[0]["curve_l8_val4"])
+        lines.append(
+            f"| {name} | {change or 'today'} | {len(rs)} | "
+            + " | ".join(cells)
+            + f" | {spi:.2f} | {curve} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["run", "table", "floors"])
+    ap.add_argument("name", nargs="?")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--data", default="l8ocn")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--names")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    if args.what == "run":
+        overrides = dict(kv.split("=", 1) for kv in args.set)
+        out = run(
+            args.name, {k: parse_value(v) for k, v in overrides.items()}, args.data, args.seed
+        )
+        print(args.name, json.dumps(out["final"]), "curve", out["curve_l8_val4"], flush=True)
+    elif args.what == "floors":
+        print(
+            json.dumps(
+                {k: evalsets.headline(v["scores"]) for k, v in evalsets.floors(WORK).items()}
+            )
+        )
+    else:
+        print(table(args.names.split(",") if args.names else None))
+
+
+if __name__ == "__main__":
+    main()
