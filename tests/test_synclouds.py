@@ -272,3 +272,18 @@ def test_labels_stay_on_their_pixels_through_augmentation() -> None:
         assert (expected[inside] == shifted[inside]).mean() < 0.95
         assert set(np.unique(lb)) <= {*codes.tolist(), 255}
         assert (lb[~va] == 255).all() and (im[~va] == 0).all()
+
+
+def test_auto_class_weights_count_the_composites(tiny_tiles: Path, tmp_path: Path) -> None:
+    """With synthetic clouds the loss sees more cloud than the label files hold: --class-weights
+    auto counts what the loss sees, so cloud is weighted less than from the files alone."""
+    files = Trainer(tiny_cfg(tiny_tiles, tmp_path / "A", class_weights="auto", mode="supervised"))
+    comp = Trainer(
+        tiny_cfg(
+            tiny_tiles, tmp_path / "B", class_weights="auto", mode="supervised",
+            synthetic_clouds=1.0,
+        )
+    )  # fmt: skip
+    assert files.class_weight is not None and comp.class_weight is not None
+    assert float(comp.class_weight[1]) < float(files.class_weight[1])  # thick cloud
+    assert float(comp.class_weight[0]) > float(files.class_weight[0]) * 0.9  # clear no lower
