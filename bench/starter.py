@@ -26,6 +26,7 @@ continues from its latest.pt when started again with the same arguments.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -239,6 +240,20 @@ def score(work: Path) -> dict[str, Any]:
                 "synthetic_clouds": state["config"].get("synthetic_clouds", 0.0),
             }
             print(f"scored {key}", flush=True)
+    # the shipped model as users get it: its own windows (1024 px, 64 px overlap), and --tta
+    from cloudcps.models import default_model_path
+
+    shipped = default_model_path()
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:16]
+    for tta in (False, True):
+        key = f"shipped-{digest}:{'tta' if tta else 'default'}"
+        if key not in results:
+            t0 = time.perf_counter()
+            results[key] = {
+                "scores": evalsets.score_model(shipped, "1", tta),
+                "seconds": time.perf_counter() - t0,
+            }
+            print(f"scored {key}", flush=True)
     results_path.write_text(json.dumps(results, indent=1))
     return results
 
@@ -268,10 +283,19 @@ def floor_rows(work: Path) -> list[tuple[str, list[dict[str, Any]]]]:
 
 def table(work: Path, only: str | None = None) -> str:
     """Markdown tables: each model on each val set, seeds as mean ± sd, floors on top."""
+    from cloudcps.models import default_model_path
+
     results = json.loads((work / "scores.json").read_text())
+    current = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, r in results.items():
         run, variant = key.split(":")
+        if run.startswith("shipped-"):
+            if run != f"shipped-{current}":
+                continue  # an earlier starter.pt
+            label = "shipped starter.pt" + (", --tta" if variant == "tta" else " (defaults)")
+            groups.setdefault(f"**{label}**", []).append(r)
+            continue
         if only and only not in run:
             continue
         name = run.rsplit("-s", 1)[0]

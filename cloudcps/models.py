@@ -283,7 +283,15 @@ def init_from_checkpoint(
             f"{list(contract.classes)}; tile with --classes {','.join(saved.classes)} or train "
             "without --init"
         )
-    if saved.stretch != contract.stretch or tuple(saved.bands[:3]) != tuple(contract.bands[:3]):
+    a, b = saved.stretch, contract.stretch
+    # the tiles hold R, G, B only: a 4th (NIR) band in the stretch or band list is no difference
+    same_rgb = (a.method, a.gamma, a.low[:3], a.high[:3]) == (
+        b.method,
+        b.gamma,
+        b.low[:3],
+        b.high[:3],
+    )
+    if not same_rgb or tuple(saved.bands[:3]) != tuple(contract.bands[:3]):
         log.warning(
             "--init %s was trained on tiles with stretch %s and bands %s, the data has %s and "
             "%s: fine-tuning works best when the tiles are made the same way",

@@ -230,3 +230,26 @@ def test_the_shipped_model_beats_the_brightness_rule_on_real_chips() -> None:
 
     assert cloud_iou(cm_rule) == pytest.approx(0.531, abs=0.005)
     assert cloud_iou(cm_model) > 0.59 > cloud_iou(cm_rule) + 0.05  # measured 0.619
+
+
+def test_init_default_warns_only_when_the_tiles_differ(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tiles made the README's way from 4-band scenes (NIR in the band list, dropped from the
+    tiles) match the starter's RGB contract: no warning; another stretch is named."""
+    from cloudcps.tiling import TileOptions, parse_stretch, tile_scenes
+    from tests.conftest import L8_MAP, scene_pair
+
+    scenes = [scene_pair(tmp_path, f"s{i}", 64, 64, seed=i, x0=5e5 + 1e4 * i)[0] for i in range(2)]
+    for name, stretch, gamma in (("same", "0:12000", 2.0), ("other", "0:5000", 1.0)):
+        opts = TileOptions(
+            tile_size=64, label_dirs=(tmp_path / "labels",), label_map=L8_MAP,
+            labeled_fraction=1.0, val=("s1",), image_format="png",
+            stretch=parse_stretch(stretch), gamma=gamma,
+        )  # fmt: skip
+        tile_scenes(scenes, tmp_path / name, opts)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            Trainer(_init_cfg(tmp_path / name, tmp_path / f"R-{name}", "default", "supervised"))
+        warned = [r for r in caplog.records if "fine-tuning works best" in r.getMessage()]
+        assert len(warned) == (0 if name == "same" else 1), name
