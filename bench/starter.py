@@ -326,7 +326,8 @@ def table(work: Path, only: str | None = None) -> str:
 
 
 def package(run: Path, dest: Path, note: str) -> Path:
-    """The shipped checkpoint: fp16 weights of the final networks, contract, spec, scores."""
+    """The shipped checkpoint: fp16 weights of the final network 1 (what ``predict`` runs by
+    default, also for a CPS pair), contract, spec."""
     from cloudcps.models import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(run / "latest.pt" if run.is_dir() else run)
@@ -340,7 +341,7 @@ def package(run: Path, dest: Path, note: str) -> Path:
     # variance is ~0 turn the rounding of their mean into noise (On Cloud N cloud IoU 66 -> 62)
     half = [
         {k: v.half() if v.is_floating_point() and "running_" not in k else v for k, v in sd.items()}
-        for sd in state["nets"]
+        for sd in state["nets"][:1]
     ]
     out = {
         "model": state["model"],
