@@ -672,11 +672,7 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
         lab = open_raster(scene.label, "label raster") if scene.label else None
         try:
             to_class = _label_lut(opts.label_map, k, lab.nodata)[0] if lab else None
-            if scene.clear:
-                clear_id = opts.classes.index("clear")
-
-                def to_class(raw: np.ndarray) -> np.ndarray:
-                    return np.full(raw.shape, clear_id, np.uint8)
+            clear_id = opts.classes.index("clear") if scene.clear else None
 
             rgb = list(opts.bands[:3])
             for window in tile_windows(src.width, src.height, t, opts.overlap):
@@ -723,10 +719,13 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
                     Image.fromarray(valid.astype(np.uint8) * 255).save(
                         out / rec["valid_mask"], compress_level=1
                     )
-                if to_class is not None:
+                if clear_id is not None or (lab is not None and to_class is not None):
                     label = np.full((t, t), IGNORE_INDEX, dtype=np.uint8)
-                    raw = lab.read(1, window=vw) if lab is not None else np.zeros((h, w))
-                    label[:h, :w] = to_class(raw)
+                    if clear_id is not None:  # known cloud-free: every valid pixel is clear
+                        label[:h, :w] = clear_id
+                    else:
+                        assert lab is not None and to_class is not None
+                        label[:h, :w] = to_class(lab.read(1, window=vw))
                     label[~valid] = IGNORE_INDEX
                     counts = np.bincount(label.ravel(), minlength=256)
                     rec["label"] = f"labels/{tile_id}.png"
