@@ -87,7 +87,7 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     "--bn-recalibrate",
     type=int,
     help="Before each validation and checkpoint, set BatchNorm statistics to their mean over N "
-    "batches of training crops (0 = off).  [default: 50]",
+    "batches of labelled crops at scale 1 (0 = off).  [default: 50]",
 )
 @click.option(
     "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"

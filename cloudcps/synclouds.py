@@ -158,9 +158,10 @@ def composite(
     new = label.copy()
     shadow = (shade >= thresholds.shadow_alpha) & (a < thresholds.thin_alpha)
     new[shadow] = SHADOW
-    # thin over ground: real thick cloud under thin cloud stays thick; unknown ground too
+    # thin over ground: real cloud under thin cloud (thick, thin or either) keeps its label;
+    # unknown ground too
     thin = (a >= thresholds.thin_alpha) & (a < thresholds.thick_alpha)
-    thin &= (label != THICK) & (label != IGNORE_INDEX) & ~_CLOUD_ONLY[label]
+    thin &= (label != IGNORE_INDEX) & ~_CLOUD_ONLY[label]
     new[thin] = THIN
     new[a >= thresholds.thick_alpha] = THICK
     new[~valid] = label[~valid]
