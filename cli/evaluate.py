@@ -52,6 +52,12 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
     is_flag=True,
     help="Resample predictions onto the reference grid (nearest) instead of failing.",
 )
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="With --pred DIR --ref DIR: score the pairs matched by name and warn about files without "
+    "a match (refused without it).",
+)
 @click.option("--samples", default=4, show_default=True, type=int, help="Panels in samples.png.")
 @device_opt
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Report folder.")
@@ -69,6 +75,7 @@ def evaluate(
     label_map: dict[int, int] | None,
     merge: tuple[str, ...],
     align: bool,
+    allow_missing: bool,
     samples: int,
     device: str | None,
     out: Path,
@@ -118,7 +125,8 @@ def evaluate(
             loaded, data, split, folds or None, dev, samples, not quiet(ctx)
         )
     elif preds or refs:
-        ev = evaluate_rasters(match_pairs(preds, refs), label_map, folds or None, align, samples)
+        pairs = match_pairs(preds, refs, allow_missing)
+        ev = evaluate_rasters(pairs, label_map, folds or None, align, samples)
     else:
         raise InputError("nothing to evaluate: give --model and --data, or --pred and --ref")
     report = write_report(ev, out, overwrite)
@@ -130,4 +138,5 @@ def evaluate(
             f"{c} {100 * v:.1f}" if v is not None else f"{c} -"
             for c, v in zip(ev.classes, r["iou"], strict=True)
         )
-        click.echo(f"{name}: mIoU {100 * (r['miou'] or 0):.1f}%; IoU % {parts}")
+        miou = "n/a (no labelled pixel)" if r["miou"] is None else f"{100 * r['miou']:.1f}%"
+        click.echo(f"{name}: mIoU {miou}; IoU % {parts}")

@@ -153,12 +153,22 @@ def predict(
     """
     from cloudcps.backends import load_model
     from cloudcps.errors import InputError
-    from cloudcps.predict import PredictOptions, output_paths, predict_scene
+    from cloudcps.io import check_output_file, remove_stale_temps, written_by_cloudcps
+    from cloudcps.predict import (
+        PredictOptions,
+        check_window_options,
+        output_paths,
+        predict_scene,
+        scene_bands,
+    )
 
     if not 0 <= buffer <= MAX_BUFFER:
         raise InputError(f"--buffer {buffer} must be between 0 and {MAX_BUFFER} pixels")
     if skip_existing and overwrite:
         raise InputError("--skip-existing and --overwrite exclude each other; give one")
+    check_window_options(tile_size, overlap, batch_size)
+    scenes = tuple(select_scenes(scenes, ctx))
+    check_out(out, len(scenes))
     masks = output_paths(scenes, out)
     opts = PredictOptions(
         tile_size,
@@ -173,36 +183,61 @@ def predict(
         offset,
         cog,
     )
-    from cloudcps.io import check_output_file, remove_stale_temps
-
     inputs = [*scenes, model] if Path(model).exists() else list(scenes)
+    label = "--out" if out is not None else "mask"
     rank, world = shard()
     # Shard by position in the argument list (the same on every rank whatever is on disk), then
     # check only this rank's scenes.
     mine: list[tuple[Path, Path]] = []
+    stale: list[Path] = []  # cloudcps's own sidecars of a run stopped before its mask
     skipped = 0
     for scene, m in list(zip(scenes, masks, strict=True))[rank::world]:
         outputs = prediction_outputs(m, probabilities)
+        for p in outputs:
+            if p.is_symlink() and not p.exists():
+                raise InputError(
+                    f"{label} {p} is a symbolic link to {os.readlink(p)}, which does not exist; "
+                    "give a real path"
+                )
         if skip_existing and all(p.exists() for p in outputs):
             skipped += 1
             continue
         remove_stale_temps(outputs)
         for p in outputs:
-            if skip_existing and not m.exists() and p != m:
-                p.unlink(missing_ok=True)  # a sidecar of a run stopped before its mask
-            check_output_file(p, overwrite, inputs, "--out" if out is not None else "mask")
+            if skip_existing and p.exists():
+                if m.exists():  # a mask without its report (or probabilities)
+                    lost = next(q for q in outputs if not q.exists())
+                    raise InputError(
+                        f"--skip-existing: {m} exists without its {lost.name}; delete {m} to "
+                        f"predict {scene} again, or run without --skip-existing and with "
+                        "--overwrite"
+                    )
+                if not written_by_cloudcps(p):
+                    raise InputError(
+                        f"--skip-existing: {p} exists and was not written by cloudcps, which "
+                        f"never replaces it: move it away or choose another {label}"
+                    )
+                stale.append(p)
+                continue
+            check_output_file(p, overwrite, inputs, label)
         if out is None and not os.access(m.parent, os.W_OK):
             raise InputError(
                 f"cannot write {m.name} beside the scene: {m.parent} is not writable; give "
                 "--out FILE_OR_FOLDER"
             )
         mine.append((scene, m))
+    for folder in sorted({m.parent for _, m in mine}):
+        check_writable_folder(folder, label, out)
     if skipped and not quiet(ctx):
         click.echo(f"skipping {skipped} scene(s) whose mask exists (--skip-existing)")
-    if out is not None and (len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff")):
-        out.mkdir(parents=True, exist_ok=True)
     if mine:
         loaded = load_model(model, nets=nets, backend=backend, device=device, threads=threads)
+        for scene, _ in mine:  # every scene's bands, before any work
+            scene_bands(scene, loaded.contract, bands)
+        if out is not None and (len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff")):
+            out.mkdir(parents=True, exist_ok=True)
+        for p in stale:
+            p.unlink(missing_ok=True)
         for scene, mask in mine:
             res = predict_scene(scene, loaded, mask, opts, progress=not quiet(ctx))
             if not quiet(ctx):
@@ -212,6 +247,105 @@ def predict(
         done = gather_counts(len(mine))
         if rank == 0 and not quiet(ctx):
             click.echo(f"{world} ranks wrote {sum(done)} mask(s): {done} per rank")
+
+
+def select_scenes(scenes: tuple[Path, ...], ctx: click.Context) -> list[Path]:
+    """The scenes to predict: every one must exist and open (checked before any work); files
+    that cloudcps wrote (masks, probabilities of an earlier run, e.g. picked up again by
+    ``dir/*.tif``) are skipped with a notice, and refused when they are all there is."""
+    from cloudcps.errors import InputError
+    from cloudcps.io import open_raster, written_by_cloudcps
+
+    kept: list[Path] = []
+    own: list[Path] = []
+    for scene in scenes:
+        if not scene.exists():
+            name = str(scene)
+            if name.startswith("-"):
+                raise InputError(
+                    f"scene {name} does not exist: after -- every argument is a scene, options "
+                    f"too; give the options before --, e.g. cloudcps predict --out DIR -- "
+                    f"-name.tif"
+                )
+            hint = " (a pattern that matched no file?)" if any(c in name for c in "*?[") else ""
+            raise InputError(f"scene {name} does not exist{hint}; check the path")
+        open_raster(scene, "scene").close()
+        if written_by_cloudcps(scene):
+            own.append(scene)
+        else:
+            kept.append(scene)
+    if own and not kept:
+        raise InputError(
+            f"{own[0]} is a mask or probability raster that cloudcps wrote, not a scene"
+            + (f" (and so are the other {len(own) - 1} files given)" if len(own) > 1 else "")
+            + "; give the scenes themselves"
+        )
+    if own and not quiet(ctx):
+        click.echo(
+            f"skipping {len(own)} file(s) that cloudcps wrote (masks or probabilities, not "
+            f"scenes): {', '.join(str(p) for p in own[:3])}{' ...' if len(own) > 3 else ''}"
+        )
+    return kept
+
+
+def check_out(out: Path | None, n_scenes: int) -> None:
+    """Refuse an ``--out`` that is a dangling symbolic link, or that names a file other than a
+    GeoTIFF for one scene (``--out mask.png`` would silently become a folder)."""
+    from cloudcps.errors import InputError
+
+    if out is None:
+        return
+    if out.is_symlink() and not out.exists():
+        raise InputError(
+            f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; give "
+            "a real path"
+        )
+    suffix = out.suffix.lower()
+    if n_scenes == 1 and suffix and suffix not in (".tif", ".tiff") and not out.is_dir():
+        raise InputError(
+            f"--out {out}: a mask is a GeoTIFF; give NAME.tif for the mask of one scene, or a "
+            "folder (without a suffix) for NAME_mask.tif files"
+        )
+
+
+def check_writable_folder(folder: Path, option: str, shown: Path | None = None) -> None:
+    """Refuse, before any work, an output folder where no file can be made (read-only, not a
+    folder, or a kernel file system such as /proc or /sys); ``shown``: the path the user gave."""
+    import tempfile
+
+    from cloudcps.errors import InputError
+
+    given = shown or folder
+
+    probe_in = folder
+    while not probe_in.exists():
+        if probe_in.is_symlink():
+            raise InputError(
+                f"{option} {given}: {probe_in} is a symbolic link to {os.readlink(probe_in)}, "
+                "which does not exist; give a real path"
+            )
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise InputError(f"{option} {given}: {probe_in} is a file, not a folder")
+    real = probe_in.resolve()
+    kernel = next((k for k in ("/proc", "/sys") if real.as_posix().startswith(k + "/")
+                   or real.as_posix() == k), None)  # fmt: skip
+    if kernel is not None:
+        raise InputError(
+            f"{option} {given} is in {kernel}, the kernel's view of the system, where no "
+            f"mask can be written; choose another {option}"
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=".cloudcps-probe-", dir=probe_in)
+    except OSError as exc:
+        raise InputError(
+            f"{option} {given}: cannot write in {probe_in} ({exc.strerror}); choose another "
+            f"{option}"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 MAX_BUFFER = 250  # scikit-image's disk decomposition stops at radius 251

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
+
+from cloudcps.errors import InputError
 
 from .options import device_opt, overwrite_opt, quiet, user_errors
 
@@ -129,6 +132,15 @@ def train(
 
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     cfg, state = resolve_config(overrides, str(config_file) if config_file else None, resume)
+    if config_file is not None:
+        from cloudcps.cps import RUN_FILES
+
+        written = [Path(cfg.out) / name for name in RUN_FILES]
+        if any(w.exists() and os.path.samefile(config_file, w) for w in written):
+            raise InputError(
+                f"--config {config_file} is a file this run writes in --out {cfg.out} (its "
+                "resolved config.yaml would replace yours): copy it out of the run folder first"
+            )
     try:
         trainer = Trainer(cfg, resume_state=state, overwrite=overwrite, progress=not quiet(ctx))
         result = trainer.fit()
@@ -150,12 +162,15 @@ def train(
         click.echo(f"trained {cfg.mode} to iteration {result.iteration} in {result.out}")
         if result.last_val is not None:
             key = str(result.last_val["selected"])
-            ious = result.last_val[key]["iou"]
-            names = trainer.data.contract.classes
+            val = result.last_val[key]
             parts = ", ".join(
                 f"{n} {v:.3f}" if v is not None else f"{n} -"
-                for n, v in zip(names, ious, strict=True)
+                for n, v in zip(val["classes"], val["iou"], strict=True)
             )
-            click.echo(f"last validation ({key}): mIoU {result.last_val[key]['miou']:.4f}; {parts}")
+            miou = f"{val['miou']:.4f}" if val["miou"] is not None else "- (no scorable pixel)"
+            how = ", by groups of the partial labels" if val.get("grouped") else ""
+            click.echo(f"last validation ({key}{how}): mIoU {miou}; {parts}")
         if result.best_miou is not None:
             click.echo(f"best.pt: mIoU {result.best_miou:.4f} at iteration {result.best_iteration}")
+        else:
+            click.echo(f"best.pt: the final iteration {result.iteration} (no validation score)")

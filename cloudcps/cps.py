@@ -43,7 +43,8 @@ from cloudcps.datasets import (
     voc_contract,
 )
 from cloudcps.errors import InputError, TrainingDivergedError
-from cloudcps.metrics import confusion_matrix, scores
+from cloudcps.locks import RunLock
+from cloudcps.metrics import scores
 from cloudcps.models import (
     ModelSpec,
     build_pair,
@@ -61,7 +62,7 @@ from cloudcps.pseudo import (
     supervised_loss,
 )
 from cloudcps.synclouds import CLOUD_CLASSES, SyntheticClouds
-from cloudcps.tiling import DataContract
+from cloudcps.tiling import DataContract, is_partial, partial_classes
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +252,14 @@ def evaluate_networks(
     device: torch.device,
     amp: torch.dtype | None = None,
 ) -> dict[str, np.ndarray]:
-    """Confusion matrices of each network and of their ensemble (mean softmax) on ``dataset``."""
+    """Counts of (label value 0..255, predicted class) of each network and of their ensemble
+    (mean softmax) on ``dataset``: rows below ``num_classes`` are the confusion matrix, the
+    partial-label rows feed :func:`validation_scores`."""
     was_training = [n.training for n in nets]
     for n in nets:
         n.eval()
     names = [f"net{i + 1}" for i in range(len(nets))] + (["ensemble"] if len(nets) > 1 else [])
-    cms = {k: np.zeros((num_classes, num_classes), np.int64) for k in names}
+    cms = {k: np.zeros((256, num_classes), np.int64) for k in names}
     for i in range(len(dataset)):
         s = dataset[i]
         x, h, w = pad_to_multiple(s["image"][None].to(device))
@@ -268,13 +271,48 @@ def evaluate_networks(
                 logits = net(x)[..., :h, :w]
             p = logits.float().softmax(1)
             probs.append(p)
-            cms[f"net{k + 1}"] += confusion_matrix(p.argmax(1)[0], mask, num_classes)
+            cms[f"net{k + 1}"] += label_pred_counts(p.argmax(1)[0], mask, num_classes)
         if len(nets) > 1:
             mean = torch.stack(probs).mean(0)
-            cms["ensemble"] += confusion_matrix(mean.argmax(1)[0], mask, num_classes)
+            cms["ensemble"] += label_pred_counts(mean.argmax(1)[0], mask, num_classes)
     for n, t in zip(nets, was_training, strict=True):
         n.train(t)
     return cms
+
+
+def label_pred_counts(pred: torch.Tensor, mask: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(256, k) pixel counts of label value by predicted class."""
+    idx = mask.reshape(-1).long() * num_classes + pred.reshape(-1).long()
+    counts = torch.bincount(idx, minlength=256 * num_classes)
+    return counts.reshape(256, num_classes).cpu().numpy().astype(np.int64)
+
+
+def validation_scores(counts: np.ndarray, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Scores of (label value, predicted class) counts: IoU per class on the exactly labelled
+    pixels; where there are none, IoU per group of the partial labels (e.g. cloud vs not cloud
+    for labels ``0|3`` and ``1|2``), so a validation split of coarse labels still selects
+    best.pt. Overlapping groups give no score (``miou`` None)."""
+    k = len(names)
+    exact = counts[:k]
+    if exact.sum() > 0:
+        return scores(exact, names)
+    sets = [
+        partial_classes(code) for code in range(256) if is_partial(code) and counts[code].sum() > 0
+    ]
+    used = [c for st in sets for c in st]
+    if not sets or len(used) != len(set(used)):
+        return scores(exact, names)
+    groups = sets + [(c,) for c in range(k) if c not in used]
+    group_of = {c: g for g, st in enumerate(groups) for c in st}
+    grouped = np.zeros((len(groups), len(groups)), np.int64)
+    for code in range(256):
+        if is_partial(code) and counts[code].sum() > 0:
+            g = group_of[partial_classes(code)[0]]
+            for j in range(k):
+                grouped[g, group_of[j]] += counts[code, j]
+    result = scores(grouped, ["+".join(names[c] for c in st) for st in groups])
+    result["grouped"] = True
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +379,49 @@ def set_train_mode(net: nn.Module, encoder_norm: str) -> None:
             for m in encoder.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+
+
+RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml", "tb")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (symlinks resolved)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def _written_by_train(path: Path) -> bool:
+    """Whether a run file was written by cloudcps train (checked by content, not name)."""
+    from cloudcps.config import TrainConfig as _Cfg
+
+    try:
+        if path.suffix == ".pt":
+            return bool(load_checkpoint(path).get("config"))
+        if path.name == "metrics.jsonl":
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            rows = []
+            for i, line in enumerate(lines):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    if i != len(lines) - 1:  # only the last line may be torn by a kill
+                        return False
+            return all(isinstance(r, dict) and "iter" in r for r in rows)
+        if path.name == "config.yaml":
+            import yaml
+
+            data = yaml.safe_load(path.read_text())
+            fields = {f.name for f in dataclasses.fields(_Cfg)}
+            return isinstance(data, dict) and bool(data) and set(data) <= fields
+        if path.name == "tb":
+            return path.is_dir() and all(
+                p.is_dir() or p.name.startswith("events.out.tfevents.") for p in path.rglob("*")
+            )
+    except (InputError, OSError, ValueError):
+        return False
+    except Exception:  # yaml errors and the like: not ours
+        return False
+    return False
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -419,8 +500,33 @@ class Trainer:
         self.out = Path(cfg.out)
         self.rt = init_runtime(cfg.device)
         self.amp = _amp_dtype(cfg, self.rt.device)
-        self._prepare_out(resume_state is not None, overwrite)
+        resuming = resume_state is not None
+        self.lock: RunLock | None = None
+        created = False
+        owned: list[Path] = []
+        if self.rt.main:
+            self._check_out(resuming, overwrite)
+            created = not self.out.exists()
+            self.lock = RunLock(self.out)
+            self.lock.acquire()  # one writer per run folder, from here to the end of fit()
+        try:
+            if self.rt.main and not resuming and overwrite:
+                owned = self._owned_run_files()  # every file it would replace is checked first
+            self._setup(cfg, resume_state)
+            if self.rt.main and not resuming:
+                if overwrite:
+                    self._clear_run(owned)
+                self._check_fresh()
+        except BaseException:
+            self.close()
+            if self.rt.main and created:
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()  # a failed start leaves no empty run folder behind
+            raise
 
+    def _setup(self, cfg: TrainConfig, resume_state: dict[str, Any] | None) -> None:
+        """Read the data and build (or restore) the networks: every input is read here, before
+        the run folder is changed."""
         self.data = build_data(cfg)
         self.k = self.data.contract.num_classes
         if resume_state is not None:
@@ -457,6 +563,13 @@ class Trainer:
         if resume_state is not None:
             self._restore(resume_state)
         self.last_val: dict[str, Any] | None = None
+        self._warned_no_score = False
+
+    def close(self) -> None:
+        """Release the run folder (fit() does this on every exit path)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ---- set-up helpers ----------------------------------------------------------------------
 
@@ -488,32 +601,87 @@ class Trainer:
         log.info("class weights: %s", ", ".join(f"{v:.3g}" for v in w.tolist()))
         return w.to(self.rt.device)
 
-    def _prepare_out(self, resuming: bool, overwrite: bool) -> None:
-        if not self.rt.main:
-            return
-        if resuming:
-            return
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"--out {self.out} is a file; give a folder for the run")
-        has_ckpt = (self.out / "latest.pt").exists()
-        if has_ckpt or (self.out / "metrics.jsonl").exists():
-            if not overwrite:
-                if not has_ckpt:
-                    raise InputError(
-                        f"--out {self.out} holds a run that stopped before its first checkpoint "
-                        "(no latest.pt); pass --overwrite to start over, or choose another --out"
-                    )
+    def _check_out(self, resuming: bool, overwrite: bool) -> None:
+        """Refuse a run folder that is a file, holds or lies in an input, or holds a run that
+        neither --resume nor --overwrite was asked for; nothing is changed here."""
+        out, cfg = self.out, self.cfg
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; give a folder for the run")
+        for parent in out.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise InputError(f"--out {out}: {parent} is a file, not a folder")
+                break
+        for option, value in (("--data", cfg.data), ("--voc", cfg.voc)):
+            if value is not None and (_inside(Path(value), out) or _inside(out, Path(value))):
                 raise InputError(
-                    f"--out {self.out} already holds a run; pass --resume to continue it, "
-                    "--overwrite to start over, or choose another --out"
+                    f"--out {out} and {option} {value} overlap; the run would write into its "
+                    f"input (or the input into the run): choose an --out outside {option}"
                 )
-            for name in ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.out / name).unlink()
-            for tmp in self.out.glob(".*.pt.tmp-*"):
-                tmp.unlink(missing_ok=True)
-            shutil.rmtree(self.out / "tb", ignore_errors=True)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            replaced = {(out / name).absolute() for name in RUN_FILES}
+            for option, value in (("--init", cfg.init), ("--encoder-weights", cfg.encoder_weights)):
+                if value is None or value in ("default", "imagenet", "none"):
+                    continue
+                given = Path(value)
+                if given.is_dir() and _inside(given, out) and _inside(out, given):
+                    hit = True
+                else:
+                    hit = given.absolute() in replaced or (
+                        given.exists()
+                        and any(r.exists() and os.path.samefile(given, r) for r in replaced)
+                    )
+                if hit:
+                    raise InputError(
+                        f"{option} {value} is in --out {out}, which this run writes; train "
+                        f"into another --out (e.g. {out}-ft)"
+                    )
+        if resuming or not out.is_dir():
+            return
+        has_ckpt = (out / "latest.pt").exists()
+        if (has_ckpt or (out / "metrics.jsonl").exists()) and not overwrite:
+            if not has_ckpt:
+                raise InputError(
+                    f"--out {out} holds a run that stopped before its first checkpoint "
+                    "(no latest.pt); pass --overwrite to start over, or choose another --out"
+                )
+            raise InputError(
+                f"--out {out} already holds a run; pass --resume to continue it, "
+                "--overwrite to start over, or choose another --out"
+            )
+
+    def _owned_run_files(self) -> list[Path]:
+        """The files of an earlier run that --overwrite replaces, each checked to be
+        cloudcps's own; a file of the same name that cloudcps did not write is refused."""
+        owned = []
+        for name in RUN_FILES:
+            path = self.out / name
+            if not path.exists() and not path.is_symlink():
+                continue
+            if path.is_symlink() or not _written_by_train(path):
+                raise InputError(
+                    f"--out {path} was not written by cloudcps train; --overwrite only replaces "
+                    "a run's own files: move it away or choose another --out"
+                )
+            owned.append(path)
+        owned += list(self.out.glob(".*.pt.tmp-*"))
+        return owned
+
+    def _clear_run(self, owned: list[Path]) -> None:
+        for path in owned:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _check_fresh(self) -> None:
+        """A new run starts in a folder without run files (a run that appeared meanwhile, or
+        one another tool left, is not appended to)."""
+        left = [n for n in ("latest.pt", "best.pt", "metrics.jsonl") if (self.out / n).exists()]
+        if left:
+            raise InputError(
+                f"--out {self.out} holds {left[0]} of another run; choose another --out"
+            )
 
     def _place(self, net: nn.Module) -> nn.Module:
         dev = self.rt.device
@@ -785,13 +953,20 @@ class Trainer:
         nets = self.eval_nets()
         cms = evaluate_networks(nets, self.data.val, self.k, self.rt.device, self.amp)
         names = self.data.contract.classes
-        result = {name: scores(cm, names) for name, cm in cms.items()}
+        result = {name: validation_scores(cm, names) for name, cm in cms.items()}
         key = "ensemble" if "ensemble" in result else "net1"
         result["selected"] = key  # type: ignore[assignment]
         return result
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train until ``cfg.iters`` (or ``stop_at``); save ``latest.pt``/``best.pt`` on the way."""
+        """Train until ``cfg.iters`` (or ``stop_at``); save ``latest.pt``/``best.pt`` on the way.
+        The run folder is released on every way out."""
+        try:
+            return self._fit(stop_at)
+        finally:
+            self.close()
+
+    def _fit(self, stop_at: int | None) -> TrainResult:
         from tqdm import tqdm
 
         cfg, rt = self.cfg, self.rt
@@ -858,8 +1033,10 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
-        if self.iteration >= cfg.iters and self.data.val is None and rt.main:
-            self.save("best.pt")  # nothing to select by: the final model is the best we know
+        if self.iteration >= cfg.iters and rt.main and self.best.get("miou") is None:
+            # nothing to select by (no validation split, or one whose labels give no score):
+            # the final model is the best we know
+            self.save("best.pt")
         if rt.distributed:
             dist.barrier()
         return TrainResult(
@@ -884,6 +1061,14 @@ class Trainer:
                     row[f"iou_{name}"] = result[name]["iou"]
                 self._log(row, writer)
                 history.append(row)
+                if miou is None and not self._warned_no_score:
+                    self._warned_no_score = True
+                    log.warning(
+                        "the validation split %r gives no score (no exactly labelled pixel, and "
+                        "no partial labels of disjoint classes): best.pt will be the final "
+                        "iteration; tile with --val scenes that have labels",
+                        self.cfg.val_split,
+                    )
                 if miou is not None and (self.best["miou"] is None or miou > self.best["miou"]):
                     self.best = {"miou": miou, "iteration": self.iteration, "net": key}
                     self.save("best.pt")

@@ -167,7 +167,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
                     valid = np.asarray(vm) > 0
             else:
                 valid = np.ones((h, w), bool)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated, corrupt, not an image
+        # PIL: truncated, corrupt, not an image, or a header claiming a decompression bomb
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             first = first_line(exc, None)
             raise InputError(
                 f"cannot read {reading} ({first}); re-create it (cloudcps tile) or remove it "
@@ -217,8 +218,11 @@ def label_class_counts(items: Sequence[Item], num_classes: int) -> np.ndarray:
         try:
             with Image.open(it.label) as lb:
                 counts += np.bincount(np.asarray(lb).ravel(), minlength=256)[:256]
-        except OSError as exc:
-            raise InputError(f"cannot read label {it.label} ({exc})") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(
+                f"cannot read label {it.label} ({first_line(exc, None)}); re-create it "
+                "(cloudcps tile) or remove it from the split list"
+            ) from None
     return counts[:num_classes]
 
 
@@ -287,22 +291,55 @@ class TileFolder:
         path = self.root / "splits" / f"{name}.txt"
         if not path.is_file():
             raise InputError(f"split list {path} is missing; re-run cloudcps tile")
+        if self.root.resolve() not in path.resolve().parents:
+            raise InputError(
+                f"split list {path} leads out of the tile folder to {path.resolve()}; cloudcps "
+                "reads only files under --data: copy the list in instead of a link"
+            )
         ids = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
         unknown = [i for i in ids if i not in self.tiles]
         if unknown:
             raise InputError(f"{path} names tiles missing from the manifest: {unknown[:3]}")
         return ids
 
+    def _file(self, tile_id: str, key: str, value: Any) -> Path:
+        """A tile's file: a relative path that stays inside the tile folder (no absolute path,
+        no ``..``, no symlink out of it) and exists, checked before training starts."""
+        mpath = self.root / "manifest.json"
+        rel = Path(str(value))
+        if rel.is_absolute() or ".." in rel.parts or not str(value).strip():
+            raise InputError(
+                f"{mpath}: tile {tile_id} {key} {str(value)!r} is not a path inside the tile "
+                "folder; cloudcps reads only files under --data: re-run cloudcps tile"
+            )
+        path = self.root / rel
+        if not path.is_file():
+            raise InputError(
+                f"{path} (tile {tile_id} of the manifest) is missing; re-run cloudcps tile, or "
+                "remove the tile from the split lists"
+            )
+        if self._resolved_root not in path.resolve().parents:
+            raise InputError(
+                f"{path} (tile {tile_id}) leads out of the tile folder to {path.resolve()}; "
+                "cloudcps reads only files under --data: copy the file in instead of a link"
+            )
+        return path
+
     def items(self, ids: Sequence[str]) -> list[Item]:
+        self._resolved_root = self.root.resolve()
         out = []
         for i in ids:
             t = self.tiles[i]
             out.append(
                 Item(
                     id=i,
-                    image=self.root / t["image"],
-                    label=self.root / t["label"] if t.get("label") else None,
-                    valid=self.root / t["valid_mask"] if t.get("valid_mask") else None,
+                    image=self._file(i, "image", t["image"]),
+                    label=self._file(i, "label", t["label"]) if t.get("label") else None,
+                    valid=(
+                        self._file(i, "valid_mask", t["valid_mask"])
+                        if t.get("valid_mask")
+                        else None
+                    ),
                 )
             )
         return out

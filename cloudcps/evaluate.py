@@ -24,10 +24,14 @@ from cloudcps.datasets import SegmentationDataset, TileFolder
 from cloudcps.errors import InputError
 from cloudcps.io import (
     atomic_dir,
+    check_owned,
     finite_integer_values,
+    is_virtual_path,
     open_raster,
     read_valid_mask,
     reading,
+    remove_stale_temps,
+    writing,
 )
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
@@ -196,30 +200,68 @@ def evaluate_models_on_tiles(
 # --------------------------------------------------------------------------------------------
 
 
-def match_pairs(preds: Sequence[Path], refs: Sequence[Path]) -> list[tuple[Path, Path]]:
+def match_pairs(
+    preds: Sequence[Path], refs: Sequence[Path], allow_missing: bool = False
+) -> list[tuple[Path, Path]]:
     """Pair predictions with references: in order, or two folders matched by file name.
 
-    In folders, ``NAME_mask.tif`` (what ``cloudcps predict`` writes) matches ``NAME.tif``.
+    In folders, ``NAME_mask.tif`` (what ``cloudcps predict`` writes) matches ``NAME.tif``; a
+    file of either folder without its match is an error naming it, unless ``allow_missing``
+    (then a warning names them and the matched pairs are scored).
     """
     if len(preds) == 1 and len(refs) == 1 and preds[0].is_dir() and refs[0].is_dir():
         ref_by_stem = {
             p.stem: p for p in sorted(refs[0].iterdir()) if p.suffix.lower() in (".tif", ".tiff")
         }
         pairs = []
+        no_ref: list[Path] = []
         for p in sorted(preds[0].iterdir()):
             if p.suffix.lower() not in (".tif", ".tiff") or p.stem.endswith("_proba"):
                 continue
             stem = p.stem[: -len("_mask")] if p.stem.endswith("_mask") else p.stem
             if stem in ref_by_stem:
-                pairs.append((p, ref_by_stem[stem]))
+                pairs.append((p, ref_by_stem.pop(stem)))
+            else:
+                no_ref.append(p)
         if not pairs:
             raise InputError(
                 f"no file of --pred {preds[0]} matches a file of --ref {refs[0]} by name"
+            )
+        no_pred = list(ref_by_stem.values())
+        if no_ref or no_pred:
+            parts = [f"{p} (no reference)" for p in no_ref[:5]]
+            parts += [f"{r} (no prediction)" for r in no_pred[:5]]
+            n = len(no_ref) + len(no_pred)
+            if n > len(parts):
+                parts.append(f"and {n - len(parts)} more")
+            listed = f"{n} file(s) of --pred {preds[0]} and --ref {refs[0]} have no match by name: "
+            listed += ", ".join(parts)
+            if not allow_missing:
+                raise InputError(
+                    f"{listed}; NAME_mask.tif pairs with NAME.tif: add the missing files, or "
+                    f"pass --allow-missing to score the {len(pairs)} matched pair(s) alone"
+                )
+            log.warning(
+                "%s; scoring the %d matched pair(s) alone (--allow-missing)", listed, len(pairs)
             )
         return pairs
     if len(preds) != len(refs):
         raise InputError(
             f"give as many --ref as --pred (got {len(preds)} --pred, {len(refs)} --ref)"
+        )
+    missing = [
+        f"{opt} {p}"
+        for opt, group in (("--pred", preds), ("--ref", refs))
+        for p in group
+        if not is_virtual_path(p) and not Path(p).exists()
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise InputError(
+            f"{shown} {'does' if len(missing) == 1 else 'do'} not exist; check the paths "
+            "(nothing was scored)"
         )
     for p in list(preds) + list(refs):
         if p.is_dir():
@@ -235,7 +277,8 @@ def _pred_classes(src: rasterio.DatasetReader, path: Path) -> tuple[str, ...]:
     return ("clear", "thick cloud", "thin cloud", "cloud shadow")
 
 
-def _check_aligned(pred: Any, ref: Any, pp: Path, rp: Path) -> None:
+def _misalignment(pred: Any, ref: Any) -> list[str]:
+    """How the grids of a prediction and its reference differ (nothing when they line up)."""
     problems = []
     if (pred.width, pred.height) != (ref.width, ref.height):
         problems.append(f"size {pred.width}x{pred.height} vs {ref.width}x{ref.height}")
@@ -243,11 +286,30 @@ def _check_aligned(pred: Any, ref: Any, pp: Path, rp: Path) -> None:
         problems.append("transform differs")
     if pred.crs and ref.crs and pred.crs != ref.crs:
         problems.append(f"CRS {pred.crs.to_string()} vs {ref.crs.to_string()}")
+    return problems
+
+
+def _check_aligned(pred: Any, ref: Any, pp: Path, rp: Path, align: bool) -> bool:
+    """Whether the prediction must be resampled onto the reference grid: refuse grids that do not
+    line up without ``align``, and with it a raster that has no CRS to resample by."""
+    problems = _misalignment(pred, ref)
+    if problems and align:
+        no_crs = [f"{w} {p}" for w, p, ds in (("prediction", pp, pred), ("reference", rp, ref))]
+        no_crs = [n for n, ds in zip(no_crs, (pred, ref), strict=True) if ds.crs is None]
+        if no_crs:
+            raise InputError(
+                f"{' and '.join(no_crs)} {'have' if len(no_crs) > 1 else 'has'} no CRS, and "
+                f"the grids differ ({'; '.join(problems)}); --align needs georeferenced rasters "
+                "(a CRS on both) to resample one onto the other: set the CRS (gdal_edit.py "
+                "-a_srs EPSG:...) or give a prediction on the reference grid"
+            )
+        return True
     if problems:
         raise InputError(
             f"prediction {pp} and reference {rp} do not line up ({'; '.join(problems)}); pass "
             "--align to resample the prediction onto the reference grid (nearest neighbour)"
         )
+    return False
 
 
 def evaluate_rasters(
@@ -278,8 +340,9 @@ def evaluate_rasters(
                 raise InputError(f"{pp} has classes {list(names)}, earlier masks {list(classes)}")
             fold = ClassFold.build(names, merge)
             ref_lut = _reference_lut(label_map, fold.num_out, ref.nodata)
-            if align:
-                src: Any = WarpedVRT(
+            src: Any = pred
+            if _check_aligned(pred, ref, pp, rp, align):
+                src = WarpedVRT(
                     pred,
                     crs=ref.crs or pred.crs,
                     transform=ref.transform,
@@ -288,38 +351,55 @@ def evaluate_rasters(
                     resampling=rasterio.enums.Resampling.nearest,
                     nodata=NODATA,
                 )
-            else:
-                _check_aligned(pred, ref, pp, rp)
-                src = pred
             try:
                 cm = np.zeros((fold.num_out, fold.num_out), np.int64)
-                unknown: set[int] = set()
+                unknown: dict[str, int] = {}  # reference values not understood: pixel counts
+                strange: dict[str, int] = {}  # prediction values outside its classes
+                k = len(names)
                 for _, win in ref.block_windows(1):
                     p = src.read(1, window=win)
+                    p_nodata = _nodata_mask(p, src.nodata)
+                    p_class = (p >= 0) & (p < k)
+                    if p.dtype.kind == "f":
+                        p_class &= p == np.round(p)
+                    _add_counts(p[~p_nodata & ~p_class], strange)
                     r_raw = ref.read(1, window=win)
                     ok = read_valid_mask(ref, [1], window=win)
                     if r_raw.dtype.kind == "f":
                         finite = finite_integer_values(r_raw, rp, "reference")
                         ok &= finite  # NaN or inf: no reference there
                         r_raw = np.where(finite, r_raw, 0)
-                    r = ref_lut[r_raw.astype(np.int64).clip(0, 65535)]
-                    unknown |= set(np.unique(r_raw[(r == 254) & ok]).tolist())
+                    ri = r_raw.astype(np.int64)
+                    # a code outside 0..65535 (a negative one) is not understood, never clipped
+                    inside = (ri >= 0) & (ri <= 65535)
+                    r = np.where(inside, ref_lut[ri.clip(0, 65535)], 254)
+                    _add_counts(r_raw[(r == 254) & ok], unknown)
                     r = np.where(ok, r, IGNORE_INDEX)
-                    p_f = fold.apply(p)
-                    r = np.where(p == NODATA, IGNORE_INDEX, r)
+                    p_f = fold.apply(np.where(p_class, p, NODATA).astype(np.int64))
+                    r = np.where(p_nodata, IGNORE_INDEX, r)
                     cm += confusion_matrix(p_f, r, fold.num_out)
-                if unknown:
+                if strange:
+                    values, pixels = _listing(strange)
                     raise InputError(
-                        f"reference {rp} holds values {sorted(unknown)[:10]} that are not class "
-                        f"ids 0..{fold.num_out - 1} of the (merged) classes; pass --label-map or "
-                        "--merge"
+                        f"prediction {pp} holds values {values} ({pixels}) outside its classes "
+                        f"0..{k - 1} ({', '.join(names)}) and nodata; a mask must hold class ids "
+                        f"of its CLASSES tag or {NODATA} (nodata): give the mask cloudcps "
+                        "predict wrote, or declare the raster's nodata"
+                    )
+                if unknown:
+                    values, pixels = _listing(unknown)
+                    raise InputError(
+                        f"reference {rp} holds values {values} ({pixels}) that are not class "
+                        f"ids 0..{fold.num_out - 1} of the (merged) classes, its nodata or codes "
+                        "of --label-map; pass --label-map (SRC:255 ignores a code), --merge, or "
+                        "declare the raster's nodata"
                     )
                 if cm.sum() == 0:
                     raise InputError(f"prediction {pp} and reference {rp} share no valid pixel")
                 if len(samples) < n_samples:
                     samples.append(_raster_sample(pp, src, ref, ref_lut, fold))
             finally:
-                if align:
+                if src is not pred:
                     src.close()
         per_file[str(pp)] = {"reference": str(rp), **scores(cm, fold.names)}
         total = cm if total is None else total + cm
@@ -332,6 +412,40 @@ def evaluate_rasters(
         samples=samples,
         details={"files": per_file},
     )
+
+
+def _nodata_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels of a prediction that are nodata: cloudcps's 255, or the raster's own nodata."""
+    mask = values == NODATA
+    if nodata is not None:
+        mask |= np.isnan(values) if np.isnan(nodata) else values == nodata
+    return np.asarray(mask)
+
+
+def _show(value: float) -> str:
+    v = float(value)
+    if v != v:
+        return "nan"
+    return str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def _add_counts(values: np.ndarray, into: dict[str, int]) -> None:
+    """Add the pixel count of each value of ``values`` to ``into`` (keys as printed)."""
+    if values.size == 0:
+        return
+    uniq, counts = np.unique(values, return_counts=True)
+    for v, n in zip(uniq.tolist(), counts.tolist(), strict=True):
+        key = _show(v)
+        into[key] = into.get(key, 0) + int(n)
+
+
+def _listing(counts: dict[str, int], limit: int = 10) -> tuple[str, str]:
+    """``[v1, v2, ...]`` and ``v1: N px, ...`` of counted values, in numeric order."""
+    keys = sorted(counts, key=lambda s: (s == "nan", float(s) if s != "nan" else 0.0))
+    more = ", ..." if len(keys) > limit else ""
+    values = "[" + ", ".join(keys[:limit]) + more + "]"
+    pixels = ", ".join(f"{k}: {counts[k]} px" for k in keys[:limit]) + more
+    return values, pixels
 
 
 def _reference_lut(label_map: dict[int, int] | None, k: int, nodata: float | None) -> np.ndarray:
@@ -398,21 +512,30 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 def write_report(
     ev: Evaluation, out: str | os.PathLike[str], overwrite: bool = False
 ) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md``, ``confusion.png`` and ``samples.png`` into ``out``."""
+    """Write ``report.json``, ``report.md``, ``confusion.png`` and ``samples.png`` into ``out``.
+
+    ``report.json`` lists the files written (``written_files``): ``--overwrite`` later replaces
+    those and refuses a folder holding anything else."""
     results = {name: scores(cm, ev.classes) for name, cm in ev.confusion.items()}
+    files = ["report.json", "report.md", "confusion.png"] + (["samples.png"] if ev.samples else [])
     report = {
         "cloudcps_version": __version__,
         "source": ev.source,
         "classes": list(ev.classes),
         "results": results,
         **ev.details,
+        "written_files": files,
     }
-    with atomic_dir(Path(out), overwrite) as tmp:
+    out_path = Path(out)
+    remove_stale_temps([out_path])  # what a SIGKILL of an earlier run into --out left
+    with writing(out_path), atomic_dir(out_path, overwrite) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(_markdown(ev, results))
         _plot_confusion(ev, tmp / "confusion.png")
         if ev.samples:
             _plot_samples(ev, tmp / "samples.png")
+        if overwrite and out_path.is_dir() and any(out_path.iterdir()):
+            check_owned(out_path, "report")  # again: a file may have been added meanwhile
     return report
 
 

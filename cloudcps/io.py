@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -16,7 +18,7 @@ from typing import Any
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
-from cloudcps.errors import InputError, OutputExistsError, first_line
+from cloudcps.errors import CloudCPSError, InputError, OutputExistsError, first_line
 
 try:  # GDAL's own errors (a block that fails to decode, a write that fails) are not RasterioError
     from rasterio._err import CPLE_BaseError
@@ -67,19 +69,73 @@ def finite_integer_values(values: Any, path: str | os.PathLike[str], what: str) 
     return finite
 
 
+_VSI_PREFIX = re.compile(r"^/vsi[a-z0-9_]+/")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+)(.*)$", re.S)
+# schemes whose next part is a host or bucket: a Path turns "s3://b/k" into "s3:/b/k"
+_REMOTE_SCHEMES = frozenset(
+    {"http", "https", "ftp", "s3", "gs", "az", "azure", "oss", "swift", "adl", "abfs", "wasb"}
+)
+
+
+def is_virtual_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a raster through GDAL's virtual file systems (``/vsizip/``,
+    ``/vsicurl/``, ``/vsis3/``, ...) or a URL-style name (``zip+file://``, ``s3://``, ...)
+    rather than a plain file; such a name is left to GDAL to resolve."""
+    s = os.fspath(path)
+    return bool(_VSI_PREFIX.match(s) or _URL_SCHEME.match(s))
+
+
+def gdal_name(path: str | os.PathLike[str]) -> str:
+    """The name to hand GDAL for ``path``, undoing what :class:`pathlib.Path` does to virtual
+    names (it collapses ``//``: ``/vsizip//abs/a.zip`` becomes ``/vsizip/abs/a.zip``, a path
+    relative to the working folder, and ``https://host`` becomes ``https:/host``)."""
+    s = os.fspath(path)
+    m = _VSI_PREFIX.match(s)
+    if m:
+        rest = s[m.end() :]
+        url = _URL_SCHEME.match(rest)
+        if url and url.group(2) == "/" and url.group(1).lower() in _REMOTE_SCHEMES:
+            return f"{m.group(0)}{url.group(1)}://{url.group(3)}"
+        if rest and not rest.startswith("/") and not url:
+            parts = rest.split("/")
+            for i in range(1, len(parts) + 1):  # the archive (or file) the name starts with
+                head = "/".join(parts[:i])
+                if Path(head).is_file():
+                    return s
+                if Path("/" + head).is_file():
+                    return f"{m.group(0)}/{rest}"
+        return s
+    url = _URL_SCHEME.match(s)
+    if url and url.group(2) == "/":
+        schemes = url.group(1).lower().split("+")
+        if schemes[-1] in _REMOTE_SCHEMES:
+            return f"{url.group(1)}://{url.group(3)}"
+    return s
+
+
 def open_raster(path: str | os.PathLike[str], what: str = "raster") -> rasterio.DatasetReader:
-    """Open ``path`` with rasterio, turning GDAL's errors into one-line :class:`InputError`."""
+    """Open ``path`` with rasterio, turning GDAL's errors into one-line :class:`InputError`.
+
+    A plain path must exist; a GDAL virtual name (``/vsizip/a.zip/b.tif``, ``zip+file://``,
+    ``/vsicurl/https://...``) is handed to GDAL as it is."""
+    virtual = is_virtual_path(path)
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {p} does not exist; check the path")
-    if p.is_dir():
-        raise InputError(f"{what} {p} is a folder, not a raster file")
+    if not virtual:
+        if not p.exists():
+            raise InputError(f"{what} {p} does not exist; check the path")
+        if p.is_dir():
+            raise InputError(f"{what} {p} is a folder, not a raster file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
+            return rasterio.open(gdal_name(path) if virtual else p)
     except RasterioIOError as exc:
         detail = first_line(exc, None, "unreadable")
+        if virtual:
+            raise InputError(
+                f"{what} {gdal_name(path)} could not be opened through GDAL's virtual file "
+                f"systems ({detail}); check the archive or URL and the path inside it"
+            ) from None
         raise InputError(
             f"{what} {p} is not a readable raster ({detail}); give a GeoTIFF or another "
             "GDAL-readable file"
@@ -153,6 +209,88 @@ def check_out_dir(
             f"{option} {path} {what} cloudcps did not write; --overwrite only replaces a "
             f"folder cloudcps wrote: choose another {option}"
         )
+    check_owned(path, kind, option)
+
+
+# The split lists a tile manifest written before manifests listed them ("split_files") owns.
+STANDARD_SPLIT_FILES = ("splits/labeled.txt", "splits/unlabeled.txt", "splits/val.txt")
+# What a report folder written before report.json listed its files ("written_files") owns.
+STANDARD_REPORT_FILES = ("report.json", "report.md", "confusion.png", "samples.png")
+
+
+def _record(path: Path, option: str, folder: Path) -> dict[str, Any]:
+    """The marker file (manifest or report) of a folder cloudcps wrote, or a one-line refusal."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{option} {folder}: {path.name} cannot be read ({first_line(exc, 120)}), so what "
+            f"cloudcps wrote there is unknown; --overwrite only replaces files cloudcps wrote: "
+            f"remove the folder yourself or choose another {option}"
+        ) from None
+    if not isinstance(data, dict):
+        data = {}
+    return data
+
+
+def owned_files(path: Path, kind: str, option: str = "--out") -> set[str]:
+    """The files (relative POSIX paths) of the output folder ``path`` that cloudcps wrote, as its
+    own record says: a tile folder's manifest (its tiles' image, label and valid files and its
+    split lists), a report's ``report.json`` (the files it lists)."""
+    path = Path(path)
+    if kind == "tiles":
+        manifest = _record(path / "manifest.json", option, path)
+        tiles = manifest.get("tiles")
+        if manifest.get("format") != "cloudcps-tiles" or not isinstance(tiles, list):
+            raise InputError(
+                f"{option} {path}: manifest.json is not a cloudcps tile manifest; --overwrite "
+                f"only replaces a tile folder cloudcps wrote: choose another {option}"
+            )
+        owned = {"manifest.json"}
+        for t in tiles:
+            if isinstance(t, dict):
+                owned.update(
+                    str(t[k]) for k in ("image", "label", "valid_mask") if isinstance(t.get(k), str)
+                )
+        splits = manifest.get("split_files")
+        if isinstance(splits, list):
+            owned.update(str(f) for f in splits if isinstance(f, str))
+        else:
+            owned.update(STANDARD_SPLIT_FILES)
+        return owned
+    report = _record(path / "report.json", option, path)
+    if "cloudcps_version" not in report:
+        raise InputError(
+            f"{option} {path}: report.json was not written by cloudcps (it has no "
+            f"cloudcps_version); --overwrite only replaces a report folder cloudcps wrote: "
+            f"choose another {option}"
+        )
+    files = report.get("written_files")
+    listed = [str(f) for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    return {"report.json", *(listed if isinstance(files, list) else STANDARD_REPORT_FILES)}
+
+
+def check_owned(path: Path, kind: str, option: str = "--out") -> None:
+    """Refuse to replace the output folder ``path`` when it holds anything its record does not
+    list (:func:`owned_files`): a user's own split list, a README among the images."""
+    path = Path(path)
+    owned = owned_files(path, kind, option)
+    dirs = {str(Path(f).parent.as_posix()) for f in owned} | set(OUTPUT_LAYOUTS[kind][1])
+    for root, subdirs, files in os.walk(path):
+        subdirs.sort()  # the first stranger named is the same every time
+        base = Path(root).relative_to(path)
+        entries = [(d, True) for d in subdirs] + [(f, False) for f in files]
+        for name, is_dir in sorted(entries):
+            rel = (base / name).as_posix()
+            full = Path(root) / name
+            if (rel in dirs and not full.is_symlink()) if is_dir else rel in owned:
+                continue  # a folder cloudcps made, or a file its record lists (or a link there)
+            record = "manifest.json" if kind == "tiles" else "report.json"
+            raise InputError(
+                f"{option} {path} holds {rel}, which cloudcps did not write (its {record} does "
+                f"not list it); --overwrite only replaces what cloudcps wrote: move it away or "
+                f"choose another {option}"
+            )
 
 
 def written_by_cloudcps(path: Path) -> bool:
@@ -165,7 +303,7 @@ def written_by_cloudcps(path: Path) -> bool:
         if suffix in (".tif", ".tiff"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with rasterio.open(path) as src:
+                with rasterio.open(gdal_name(path) if is_virtual_path(path) else path) as src:
                     tags = src.tags()
             return str(tags.get("SOFTWARE", "")).startswith("cloudcps") or (
                 "CLASSES" in tags and tags.get("SCALE") == "probability = value / 255"
@@ -201,6 +339,24 @@ def check_output_file(
             f"{option} {path} exists and was not written by cloudcps; --overwrite only replaces "
             "cloudcps's own outputs: choose another path"
         )
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def writing(out: Path, option: str = "--out") -> Iterator[None]:
+    """Name the output when the disk fills up while it is written: a real ENOSPC names one of
+    the hidden temporary files (or nothing at all), which tells the user little."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise CloudCPSError(
+            f"no space left on the device while writing {option} {out} "
+            f"({exc.strerror or 'disk full'}); free some space or choose another {option}"
+        ) from None
 
 
 def _tmp_sibling(path: Path) -> Path:

@@ -8,6 +8,7 @@ state, and the data contract (classes, bands, stretch, normalisation) that predi
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -152,7 +153,8 @@ def load_encoder_weights(net: nn.Module, encoder: str, weights: str) -> str:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(
-            f"--encoder-weights {path} cannot be read as a weights-only torch file ({exc})"
+            f"--encoder-weights {path} cannot be read as a weights-only torch file "
+            f"({_load_failure(path, exc)})"
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -217,8 +219,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         "cloudcps_version": __version__,
         **state,
     }
+    # serialised in memory, then written with plain file I/O: a full disk is then an OSError
+    # naming the file (torch's own writer reports "[enforce fail at inline_container.cc]")
+    buf = io.BytesIO()
     with _signals_held(), atomic_file(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+        torch.save(state, buf)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 @contextlib.contextmanager
@@ -247,8 +257,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = first_line(exc, 200)
-        raise InputError(f"{p} is not a readable checkpoint ({first})") from None
+        raise InputError(f"{p} is not a readable checkpoint ({_load_failure(p, exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(
             f"{p} is not a cloudcps checkpoint; give best.pt or latest.pt of a cloudcps train run"
@@ -260,6 +269,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     return state
 
 
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why a file is not a checkpoint, in words a user can act on (torch's own message ends
+    with advice to set weights_only=False, which would run code from the file)."""
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (
+            "it holds Python objects beyond tensors, which cloudcps never unpickles; give "
+            "best.pt or latest.pt of a cloudcps train run"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if not head.startswith(b"PK"):
+        kind = "an ONNX graph or another format" if path.suffix == ".onnx" else "not a PyTorch file"
+        return f"{kind}; give best.pt or latest.pt of a cloudcps train run"
+    return first_line(exc, 160)
+
+
 def init_from_checkpoint(
     path: str | os.PathLike[str], contract: DataContract, seed: int, count: int
 ) -> tuple[list[nn.Module], ModelSpec, str]:
@@ -269,7 +298,7 @@ def init_from_checkpoint(
     networks than needed (a supervised model for CPS), the extra ones take its encoder and keep
     their own seeded decoders, so the two CPS networks still start apart.
     """
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, option="--init")
     state = load_checkpoint(ckpt)
     try:
         spec = ModelSpec.from_dict(state["model"])

@@ -18,6 +18,10 @@ scene's edge instead of running far past it. A reader thread reads and normalise
 windows and a writer thread writes finished regions while the network runs, so computing never
 waits for GDAL; both queues are short, so memory stays flat in the scene's size.
 
+A window without a valid pixel costs nothing: its data is not read and the network does not
+run on it (no valid pixel lies within it, so none of its blended values is ever kept; the mask
+is nodata there), so a scene that is mostly nodata takes the time of its valid part.
+
 The networks run on a backend (:mod:`cloudcps.backends`): ONNX Runtime on the CPU by default,
 PyTorch on CUDA or MPS; both get the same normalised windows and return probabilities.
 """
@@ -25,11 +29,13 @@ PyTorch on CUDA or MPS; both get the same normalised windows and return probabil
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,11 +49,14 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from cloudcps import __version__
-from cloudcps.backends import InferenceModel, describe, from_loaded
-from cloudcps.errors import InputError
+from cloudcps.backends import InferenceModel, describe, from_loaded, is_out_of_memory
+from cloudcps.bands import DEFAULT_ORDER, needs_bands_message, raster_bands
+from cloudcps.errors import CloudCPSError, InputError
 from cloudcps.io import (
+    GDAL_ERRORS,
     atomic_file,
     check_output_file,
+    gdal_message,
     open_raster,
     read_valid_mask,
     reading,
@@ -194,8 +203,11 @@ class RasterSource:
     def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col, row, min(w, self.width - col), min(h, self.height - row))
         with reading(self.src.name):
-            data = self.src.read(self.bands, window=win)
             valid = read_valid_mask(self.src, self.bands, window=win)
+            if not valid.any():  # nothing to predict here: the values are never used
+                shape = (len(self.bands), int(win.height), int(win.width))
+                return _pad_window(np.zeros(shape, self.src.dtypes[0]), valid, h, w)
+            data = self.src.read(self.bands, window=win)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
             data = np.nan_to_num(data)
@@ -284,6 +296,21 @@ class InputTransform:
         return out
 
 
+def check_window_options(
+    tile_size: int | None, overlap: int | None, batch_size: int | None
+) -> None:
+    """Refuse ``--tile-size``, ``--overlap`` or ``--batch-size`` out of range (``None``: the
+    default, always fine)."""
+    if tile_size is not None and not (32 <= tile_size <= MAX_TILE and tile_size % 32 == 0):
+        raise InputError(
+            f"--tile-size {tile_size} must be a multiple of 32, at least 32 and at most {MAX_TILE}"
+        )
+    if overlap is not None and not 0 <= overlap <= (tile_size or MAX_TILE) // 2:
+        raise InputError(f"--overlap {overlap} must be between 0 and half of --tile-size")
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+        raise InputError(f"--batch-size {batch_size} must be between 1 and {MAX_BATCH}")
+
+
 class Predictor:
     """Runs a model over sources window by window.
 
@@ -311,12 +338,16 @@ class Predictor:
     ) -> None:
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
             raise InputError(f"--scale {scale} must be > 0 and --offset {offset} finite")
+        check_window_options(tile_size, overlap, batch_size)
         self.model = as_inference(model, device)
         self.contract: DataContract = self.model.contract
         self.runner = self.model.runner
         self.tile = tile_size or self.contract.tile_size
-        if self.tile < 32 or self.tile % 32 or self.tile > 8192:
-            raise InputError(f"--tile-size {self.tile} must be a multiple of 32, at most 8192")
+        if self.tile < 32 or self.tile % 32 or self.tile > MAX_TILE:
+            raise InputError(
+                f"--tile-size {self.tile} must be a multiple of 32, at least 32 and at most "
+                f"{MAX_TILE}"
+            )
         self.overlap = min(DEFAULT_OVERLAP, self.tile // 4) if overlap is None else overlap
         if not 0 <= self.overlap <= self.tile // 2:
             raise InputError(
@@ -329,13 +360,36 @@ class Predictor:
         self.k = self.contract.num_classes
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        if not self.tta:
-            return self.runner(x)
-        out = self.runner(x)
-        for axis in (-1, -2):
-            flipped = np.ascontiguousarray(np.flip(x, axis))
-            out += np.flip(self.runner(flipped), axis)
-        return out / np.float32(3.0)
+        try:
+            if not self.tta:
+                return self.runner(x)
+            out = self.runner(x)
+            for axis in (-1, -2):
+                flipped = np.ascontiguousarray(np.flip(x, axis))
+                out += np.flip(self.runner(flipped), axis)
+            return out / np.float32(3.0)
+        except CloudCPSError:
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            n, _, h, w = x.shape
+            raise InputError(
+                f"out of memory running the network ({self.runner.name} on {self.runner.device}) "
+                f"on {n} window(s) of {w}x{h} px; lower --batch-size (now {self.batch_size}) or "
+                f"--tile-size (now {self.tile}), or close other programs"
+            ) from None
+
+    def _infer_valid(self, x: np.ndarray, valids: list[np.ndarray]) -> np.ndarray:
+        """Probabilities of a batch; windows without a valid pixel cost nothing (zeros: no valid
+        pixel lies within such a window, so none of its blended values is ever kept)."""
+        keep = [i for i, v in enumerate(valids) if v.any()]
+        if len(keep) == len(valids):
+            return self._infer(x)
+        out = np.zeros((x.shape[0], self.k, *x.shape[2:]), np.float32)
+        if keep:
+            out[keep] = self._infer(np.ascontiguousarray(x[keep]))
+        return out
 
     def run(
         self, source: Source, sink: Sink, progress: bool = False, background: bool = True
@@ -364,7 +418,10 @@ class Predictor:
             xs, valids = [], []
             for _, c in batch:
                 data, valid = source.read(r, c, th, tw)
-                xs.append(self.transform(data, valid))
+                if valid.any():
+                    xs.append(self.transform(data, valid))
+                else:
+                    xs.append(np.zeros((data.shape[0], th, tw), np.float32))
                 valids.append(valid)
             return np.stack(xs), valids
 
@@ -375,7 +432,7 @@ class Predictor:
         try:
             for (i, r, batch), (x, valids) in _prefetch(read, jobs, 2 if background else 0):
                 last_row = i == len(rows) - 1
-                probs = self._infer(x)
+                probs = self._infer_valid(x, valids)
                 for (j, c), p, valid in zip(batch, probs, valids, strict=True):
                     if j == 0:
                         hcarry[:] = 0
@@ -405,6 +462,8 @@ class Predictor:
 
 
 DEFAULT_OVERLAP = 64
+MAX_TILE = 8192
+MAX_BATCH = 1024
 
 
 def _weigh(p: np.ndarray, w: np.ndarray, ov: int, axis: int) -> None:
@@ -601,11 +660,33 @@ def buffer_classes(
 
 
 def resolve_bands(
-    contract: DataContract, count: int, path: Path, bands: Sequence[int] | None
+    contract: DataContract,
+    count: int,
+    path: Path,
+    bands: Sequence[int] | None,
+    named: tuple[int, ...] | None = None,
 ) -> list[int]:
-    """The 1-based R,G,B band numbers of ``path`` that feed the model."""
+    """The 1-based R,G,B band numbers of ``path`` that feed the model.
+
+    ``bands`` (``--bands``) decides when given (every number must exist in the file). Else the
+    file's own band metadata (``named``: :func:`cloudcps.bands.raster_bands`) decides; a file of
+    more than 4 bands that names none needs ``--bands``, unless the model was trained on
+    such files with other bands than 1,2,3 (its contract's).
+    """
     if bands is not None:
+        over = [b for b in bands if b > count]
+        if over:
+            raise InputError(
+                f"--bands {','.join(map(str, bands))}: scene {path} has only {count} band(s), "
+                f"so there is no band {over[0]}; give numbers from 1 to {count}"
+            )
         chosen = list(bands)[:3]
+    elif named is not None:
+        chosen = list(named[:3])
+        if tuple(chosen) != tuple(contract.bands[:3]):
+            log.info("%s names its bands: reading R,G,B from bands %s", path, chosen)
+    elif count > 4 and tuple(contract.bands[:3]) == DEFAULT_ORDER[:3]:
+        raise InputError(needs_bands_message(path, count))
     elif count >= max(contract.bands[:3]):
         chosen = list(contract.bands[:3])
     elif count == 3:
@@ -710,12 +791,86 @@ def degenerate_warnings(
                 "infinite; they are masked as nodata (255)"
             )
             valid = valid & ~bad
-    if not valid.any():
-        out.append(
-            f"scene {src.name} has no valid pixel in its sample (all nodata?): the mask will be "
-            "nodata (255) wherever the scene is"
-        )
     return out
+
+
+def scene_gcps(src: rasterio.DatasetReader) -> tuple[list[Any], Any]:
+    """The ground control points of a scene and their CRS when they are its georeferencing
+    (no CRS, an identity transform); ``([], None)`` otherwise."""
+    if src.crs is not None or not src.transform.is_identity:
+        return [], None
+    try:
+        gcps, crs = src.gcps
+    except (rasterio.errors.RasterioError, *GDAL_ERRORS):
+        return [], None
+    return list(gcps or []), crs
+
+
+def quiet_libtiff() -> None:
+    """Silence libtiff's default error handler, which prints lines such as "_tiffWriteProc: No
+    space left on device." straight to stderr beside the one-line error (GDAL reports the same
+    failure through its own handler, which stays). Best effort: for the libtiff bundled with
+    rasterio's wheels; elsewhere nothing changes."""
+    global _LIBTIFF_QUIET
+    if _LIBTIFF_QUIET:
+        return
+    _LIBTIFF_QUIET = True
+    import ctypes
+
+    base = Path(rasterio.__file__).resolve().parent
+    candidates = [*base.parent.glob("rasterio.libs/libtiff*"), *base.glob(".dylibs/libtiff*")]
+    for lib_path in candidates:
+        try:
+            lib = ctypes.CDLL(str(lib_path))
+            lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+            lib.TIFFSetErrorHandler(None)
+        except (OSError, AttributeError):
+            continue
+
+
+_LIBTIFF_QUIET = False
+LOW_SPACE = 16 << 20  # bytes: a GDAL write error with less than this left means a full disk
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name the output when GDAL fails to write it (a full disk, a file system that refuses the
+    file), instead of GDAL's "write error at scanline" that reads like a damaged input."""
+    try:
+        yield
+    except (rasterio.errors.RasterioError, *GDAL_ERRORS) as exc:
+        folder = path.parent if str(path.parent) else Path(".")
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if free is not None and free < LOW_SPACE:
+            raise InputError(
+                f"could not write {path}: no space left on the disk ({free >> 10} KiB free in "
+                f"{folder}); free some space or choose another --out"
+            ) from None
+        raise InputError(
+            f"could not write {path} ({gdal_message(exc)}); check the disk, or choose another --out"
+        ) from None
+
+
+def no_valid_pixel_warning(name: str) -> str:
+    """The warning for a scene with no valid pixel at all (known once it has been read)."""
+    return (
+        f"scene {name} has no valid pixel (all nodata): the mask is nodata (255) wherever the "
+        "scene is"
+    )
+
+
+def scene_bands(
+    scene: Path, contract: DataContract, bands: Sequence[int] | None = None
+) -> list[int]:
+    """Open a scene and resolve the bands that feed the model (:func:`resolve_bands`): the
+    checks :func:`predict_scene` makes, to make them for every scene before any work."""
+    with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src:
+        named = raster_bands(src) if bands is None else None
+        return resolve_bands(contract, src.count, scene, bands, named)
 
 
 def default_mask_path(scene: Path) -> Path:
@@ -780,15 +935,25 @@ def predict_scene(
         opts.scale,
         opts.offset,
     )
+    quiet_libtiff()
     with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
-        bands = resolve_bands(contract, src.count, scene_p, opts.bands)
+        named = raster_bands(src) if opts.bands is None else None
+        bands = resolve_bands(contract, src.count, scene_p, opts.bands, named)
         with reading(scene_p):
             sample = sample_scene(src, bands)
         range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset, sample)
         notes = ([range_warning] if range_warning else []) + degenerate_warnings(src, bands, sample)
         for note in notes:
             log.warning(note)
-        profile = {
+        gcps, gcp_crs = scene_gcps(src)
+        if gcps:
+            log.info(
+                "scene %s is georeferenced by %d ground control points, not a transform: the "
+                "mask carries the same GCPs (gdalwarp it for a regular grid)",
+                src.name,
+                len(gcps),
+            )
+        profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": src.width,
             "height": src.height,
@@ -799,6 +964,8 @@ def predict_scene(
             "blockysize": 256,
             "compress": "deflate",
         }
+        if gcps:  # rasterio writes the CRS given with GCPs as theirs
+            profile.update(crs=gcp_crs, transform=None, gcps=gcps)
         with (
             atomic_file(mask_p, opts.overwrite) as tmp_mask,
             atomic_file(json_p, opts.overwrite) as tmp_json,
@@ -812,42 +979,46 @@ def predict_scene(
                 else tmp_proba
             )
             try:
-                with rasterio.open(
-                    raw_mask, "w", count=1, dtype="uint8", nodata=NODATA, **profile
-                ) as dst:
-                    pdst = (
-                        rasterio.open(proba_stage, "w", count=k, dtype="uint8", **profile)
-                        if proba_stage is not None
-                        else None
-                    )
-                    try:
-                        sink = RasterSink(dst, pdst, k)
-                        predictor.run(RasterSource(src, bands), sink, progress)
-                        if pdst is not None:
-                            pdst.scales = [1 / 255.0] * k
-                            for i, name in enumerate(contract.classes):
-                                pdst.set_band_description(i + 1, f"p({name})")
-                            pdst.update_tags(
-                                CLASSES=",".join(contract.classes),
-                                SCALE="probability = value / 255",
-                                SOFTWARE=f"cloudcps {__version__}",
-                            )
-                    finally:
-                        if pdst is not None:
-                            pdst.close()
-                counts = sink.counts
-                if opts.buffer:
-                    counts = _buffer_raster(raw_mask, stage, opts.buffer, k, profile)
-                valid_px = int(counts.sum())
-                cover = {
-                    name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
-                    for name, c in zip(contract.classes, counts, strict=True)
-                }
-                _finish_mask(stage, contract, cover, loaded, opts)
-                if opts.cog:
-                    write_cog(stage, tmp_mask, "mode")
-                    if proba_stage is not None and tmp_proba is not None:
-                        write_cog(proba_stage, tmp_proba, "average")
+                with writing(mask_p):
+                    with rasterio.open(
+                        raw_mask, "w", count=1, dtype="uint8", nodata=NODATA, **profile
+                    ) as dst:
+                        pdst = (
+                            rasterio.open(proba_stage, "w", count=k, dtype="uint8", **profile)
+                            if proba_stage is not None
+                            else None
+                        )
+                        try:
+                            sink = RasterSink(dst, pdst, k)
+                            predictor.run(RasterSource(src, bands), sink, progress)
+                            if pdst is not None:
+                                pdst.scales = [1 / 255.0] * k
+                                for i, name in enumerate(contract.classes):
+                                    pdst.set_band_description(i + 1, f"p({name})")
+                                pdst.update_tags(
+                                    CLASSES=",".join(contract.classes),
+                                    SCALE="probability = value / 255",
+                                    SOFTWARE=f"cloudcps {__version__}",
+                                )
+                        finally:
+                            if pdst is not None:
+                                pdst.close()
+                    counts = sink.counts
+                    if opts.buffer:
+                        counts = _buffer_raster(raw_mask, stage, opts.buffer, k, profile)
+                    valid_px = int(counts.sum())
+                    if valid_px == 0:
+                        notes.append(no_valid_pixel_warning(src.name))
+                        log.warning(notes[-1])
+                    cover = {
+                        name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
+                        for name, c in zip(contract.classes, counts, strict=True)
+                    }
+                    _finish_mask(stage, contract, cover, loaded, opts)
+                    if opts.cog:
+                        write_cog(stage, tmp_mask, "mode")
+                        if proba_stage is not None and tmp_proba is not None:
+                            write_cog(proba_stage, tmp_proba, "average")
             finally:
                 for extra in {raw_mask, stage, proba_stage} - {tmp_mask, tmp_proba, None}:
                     if extra is not None and extra.exists():
@@ -864,7 +1035,9 @@ def predict_scene(
                 "valid_pixels": valid_px,
                 "nodata_pixels": int(src.width * src.height - valid_px),
                 "crs": src.crs.to_string() if src.crs else None,
-                "transform": list(src.transform)[:6],
+                "transform": None if gcps else list(src.transform)[:6],
+                "gcps": len(gcps) or None,
+                "gcp_crs": gcp_crs.to_string() if gcps and gcp_crs else None,
                 "width": src.width,
                 "height": src.height,
                 "bands": bands,
@@ -880,7 +1053,15 @@ def predict_scene(
                 "seconds": round(seconds, 3),
                 "cloudcps_version": __version__,
             }
-            tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+            try:
+                tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise InputError(
+                    f"could not write {json_p}: no space left on the disk; free some space or "
+                    "choose another --out"
+                ) from None
     return PredictResult(
         scene=scene_p,
         mask=mask_p,

@@ -32,11 +32,15 @@ from cloudcps.errors import InputError
 from cloudcps.io import (
     atomic_dir,
     check_out_dir,
+    check_owned,
     finite_integer_values,
+    is_virtual_path,
     open_raster,
     read_valid_mask,
     reading,
+    remove_stale_temps,
     write_json,
+    writing,
 )
 
 log = logging.getLogger(__name__)
@@ -367,6 +371,10 @@ class TileOptions:
             raise InputError(f"--gamma {self.gamma} must be in [0.1, 10]")
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"--quality {self.jpeg_quality} must be in 1..100")
+        if self.workers < 1:
+            raise InputError(
+                f"--workers {self.workers} must be 1 or more (the number of scenes tiled at once)"
+            )
         k = len(self.classes)
         if self.clear and "clear" not in self.classes:
             raise InputError(
@@ -463,6 +471,16 @@ def inspect_scene(path: Path, bands: Sequence[int], label_dirs: Sequence[Path]) 
                 f"scene {path} has {src.count} band(s) but --bands {','.join(map(str, bands))} "
                 f"asks for band {max(bands)}; pass --bands with the file's R,G,B[,NIR] "
                 f"band numbers (e.g. --bands 1,2,3 for an RGB file)"
+            )
+        from cloudcps.bands import check_scene_bands  # R,G,B[,NIR] by the file's band names
+
+        check_scene_bands(src, path, bands)
+        if src.crs is None and src.gcps[0]:
+            log.warning(
+                "scene %s is georeferenced by %d ground control points, which tiles do not "
+                "carry: their transforms are in pixels (gdalwarp the scene first to keep it)",
+                path,
+                len(src.gcps[0]),
             )
         info = SceneInfo(
             path=path,
@@ -823,6 +841,51 @@ def choose_labeled(
 # --------------------------------------------------------------------------------------------
 
 
+def check_scenes_exist(
+    scenes: Sequence[str | os.PathLike[str]], clear: Sequence[str | os.PathLike[str]] = ()
+) -> None:
+    """Name every scene that does not exist (a typo, a shell pattern that matched no file) at
+    once, before any work; GDAL virtual names (``/vsizip/...``) are left to GDAL."""
+    missing = [
+        (opt, Path(p))
+        for opt, group in (("scene", scenes), ("--clear", clear))
+        for p in group
+        if not is_virtual_path(p) and not Path(p).exists()
+    ]
+    if not missing:
+        return
+
+    def name(opt: str, p: Path) -> str:
+        prefix = "--clear " if opt == "--clear" else ""
+        if any(c in p.name for c in "*?["):
+            return f"{prefix}{p} (a pattern that matched no file)"
+        return f"{prefix}{p}"
+
+    shown = ", ".join(name(o, p) for o, p in missing[:5])
+    if len(missing) > 5:
+        shown += f" and {len(missing) - 5} more"
+    if len(missing) == 1:
+        raise InputError(f"scene {shown} does not exist; check the path (nothing was tiled)")
+    raise InputError(
+        f"{len(missing)} scenes do not exist: {shown}; check the paths (nothing was tiled)"
+    )
+
+
+def _best_valid_share(scene: SceneInfo, tile: int) -> float:
+    """The largest share of a tile a scene can fill (below 1 when it is smaller than a tile)."""
+    return min(scene.width, tile) * min(scene.height, tile) / (tile * tile)
+
+
+def _smaller_than_tile(small: Sequence[SceneInfo], opts: TileOptions) -> str:
+    s, t = small[0], opts.tile_size
+    more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+    return (
+        f"scene {s.path}{more} is {s.width}x{s.height} px, smaller than --tile-size {t}: a tile "
+        f"of it holds at most {_best_valid_share(s, t):.1%} valid pixels, under --min-valid "
+        f"{opts.min_valid_fraction:g}"
+    )
+
+
 def tile_scenes(
     scenes: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -848,12 +911,9 @@ def tile_scenes(
     opts = options or TileOptions()
     opts.validate()
     out_path = Path(out)
-    check_out_dir(
-        out_path,
-        opts.overwrite,
-        "tiles",
-        [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs),
-    )
+    check_scenes_exist(scenes, opts.clear)
+    inputs = [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs)
+    check_out_dir(out_path, opts.overwrite, "tiles", inputs)
     if not scenes and not opts.clear:
         raise InputError("no scenes given; pass one or more 4-band rasters")
     for d in opts.label_dirs:
@@ -894,6 +954,15 @@ def tile_scenes(
         msg = f"{len(no_crs)} scene(s) have no CRS (e.g. {no_crs[0]}); tiles keep pixel transforms"
         log.warning(msg)
         notes.append(msg)
+    small = [s for s in infos if _best_valid_share(s, opts.tile_size) < opts.min_valid_fraction]
+    if small and len(small) == len(infos):
+        side = min(min(s.width, s.height) for s in small)
+        fix = f"pass --tile-size {side // 32 * 32} or less" if side >= 32 else "lower --min-valid"
+        raise InputError(f"{_smaller_than_tile(small, opts)}; {fix}")
+    for s in small:
+        msg = f"{_smaller_than_tile([s], opts)}, so it gives no tile"
+        log.warning(msg)
+        notes.append(msg)
     assign_val_scenes(infos, opts)
     stretch = resolve_stretch(opts.stretch, infos, opts.bands)
     if opts.gamma != 1.0 and stretch.method != "none":
@@ -906,7 +975,8 @@ def tile_scenes(
     )
 
     total = sum(len(tile_windows(s.width, s.height, opts.tile_size, opts.overlap)) for s in infos)
-    with atomic_dir(out_path, opts.overwrite) as tmp:
+    remove_stale_temps([out_path])  # what a SIGKILL of an earlier run into --out left
+    with writing(out_path), atomic_dir(out_path, opts.overwrite) as tmp:
         for sub in ("images", "labels", "valid", "splits"):
             (tmp / sub).mkdir()
         jobs = [_SceneJob(s, tmp, opts, stretch) for s in infos]
@@ -999,6 +1069,7 @@ def tile_scenes(
                 for s in infos
             ],
             "splits": {k: len(v) for k, v in splits.items()},
+            "split_files": [f"splits/{name}.txt" for name in splits],
             "skipped": {"low_valid": skipped},
             "class_shares": shares,
             "tiles": tiles,
@@ -1007,6 +1078,8 @@ def tile_scenes(
         for sub in ("labels", "valid"):
             if not any((tmp / sub).iterdir()):
                 (tmp / sub).rmdir()
+        if opts.overwrite and out_path.is_dir() and any(out_path.iterdir()):
+            check_owned(out_path, "tiles")  # again: a file may have been added while we worked
 
     return TileSummary(
         out=out_path,

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,4 +150,94 @@ def tiny_run(tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         workers=0,
     )
     Trainer(cfg).fit()
+    return out
+
+
+def cli_in_small_fs(
+    mount: Path, size_kb: int, args: list[str], setup: str = "", timeout: float = 300
+) -> tuple[int, str, str]:
+    """Run ``cloudcps ARGS`` in a private mount namespace where ``mount`` is a tmpfs of
+    ``size_kb`` KiB, so a write there fails with a real ENOSPC from the kernel (not an injected
+    errno). ``setup`` is shell run first inside the namespace (e.g. ``cp scene.tif MOUNT/``).
+    After the command, stdout ends with a line ``--- left:`` and the listing of ``mount`` (hidden
+    files included), since the tmpfs vanishes with the namespace. Skips where the machine allows
+    no private mounts. Returns (exit code, stdout, stderr)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed: cannot make a small file system to fill up")
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /tmp"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no private tmpfs mounts here ({probe.stderr.strip()[:80]})")
+    mount.mkdir(parents=True, exist_ok=True)
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "cloudcps.cli.main", *args])
+    m = shlex.quote(str(mount))
+    script = (
+        f"mount -t tmpfs -o size={size_kb}k tmpfs {m} || exit 99\n{setup}\n{cmd}\nrc=$?\n"
+        f"echo '--- left:'; ls -A1R {m}\nexit $rc\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if p.returncode == 99:
+        pytest.skip(f"could not mount a tmpfs at {mount}: {p.stderr.strip()[:80]}")
+    return p.returncode, p.stdout, p.stderr
+
+
+LMAP = ",".join(f"{k}:{v}" for k, v in L8_MAP.items())
+
+
+def run(*args: Any) -> Any:
+    """Run the real command line in-process; the click Result."""
+    from click.testing import CliRunner
+
+    from cloudcps.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> Path:
+    """tmp/data/scenes/{a,b}.tif and tmp/data/labels/{a,b}.tif (L8 Biome codes)."""
+    scene_pair(tmp_path / "data", "a", 96, 96)
+    scene_pair(tmp_path / "data", "b", 96, 96, seed=1, x0=600000.0)
+    return tmp_path / "data"
+
+
+def tile_args(data: Path, out: Path, *extra: str) -> list[Any]:
+    return [
+        "tile",
+        data / "scenes" / "a.tif",
+        data / "scenes" / "b.tif",
+        "--label-dir",
+        data / "labels",
+        "--label-map",
+        LMAP,
+        "--tile-size",
+        "64",
+        "--workers",
+        "1",
+        "--out",
+        out,
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiles(scenes: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "tiles"
+    r = run(*tile_args(scenes, out, "--val", "b"))
+    assert r.exit_code == 0, r.output
     return out

@@ -23,14 +23,12 @@ import pytest
 import rasterio
 import torch
 import yaml
-from click.testing import CliRunner, Result
 from PIL import Image
 
-from cloudcps.cli.main import cli
-from tests.conftest import L8_MAP, scene_pair, write_raster
+# the fixtures scenes and tiles are in conftest.py
+from tests.conftest import LMAP, run, scene_pair, tile_args, write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
-LMAP = ",".join(f"{k}:{v}" for k, v in L8_MAP.items())
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -39,10 +37,6 @@ def snapshot(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def fails(root: Path, args: list[Any], expect: str) -> str:
@@ -69,41 +63,6 @@ def _cli_proc(*args: str, **kw: Any) -> subprocess.Popen[str]:
         text=True,
         **kw,
     )
-
-
-@pytest.fixture
-def scenes(tmp_path: Path) -> Path:
-    """tmp/data/scenes/{a,b}.tif and tmp/data/labels/{a,b}.tif (L8 Biome codes)."""
-    scene_pair(tmp_path / "data", "a", 96, 96)
-    scene_pair(tmp_path / "data", "b", 96, 96, seed=1, x0=600000.0)
-    return tmp_path / "data"
-
-
-def tile_args(data: Path, out: Path, *extra: str) -> list[Any]:
-    return [
-        "tile",
-        data / "scenes" / "a.tif",
-        data / "scenes" / "b.tif",
-        "--label-dir",
-        data / "labels",
-        "--label-map",
-        LMAP,
-        "--tile-size",
-        "64",
-        "--workers",
-        "1",
-        "--out",
-        out,
-        *extra,
-    ]
-
-
-@pytest.fixture
-def tiles(scenes: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "tiles"
-    r = run(*tile_args(scenes, out, "--val", "b"))
-    assert r.exit_code == 0, r.output
-    return out
 
 
 # --------------------------------------------------------------------------------------------

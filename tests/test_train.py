@@ -211,8 +211,9 @@ def test_resume_equals_uninterrupted_run(tiny_tiles: Path, tmp_path: Path, extra
 
 
 def test_bad_inputs(tiny_tiles: Path, tmp_path: Path) -> None:
+    (tmp_path / "no-tiles").mkdir()
     with pytest.raises(InputError, match="is not a tile folder"):
-        Trainer(tiny_cfg(tmp_path, tmp_path / "R"))
+        Trainer(tiny_cfg(tmp_path / "no-tiles", tmp_path / "R"))
     empty = tmp_path / "empty"
     import shutil
 
@@ -330,7 +331,9 @@ def test_cli_train_supervised_and_resume(tiny_tiles: Path, tmp_path: Path) -> No
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "C"), "--iters", "2"])
     assert r.exit_code == 1 and "already holds a run" in r.output
-    r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "X")])
+    r = CliRunner().invoke(
+        cli, ["train", "--data", str(tmp_path / "C"), "--out", str(tmp_path / "X")]
+    )
     assert r.exit_code == 1 and "is not a tile folder" in r.output
     assert "Traceback" not in r.output
 
