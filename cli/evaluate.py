@@ -113,7 +113,7 @@ def evaluate(
     if models:
         if data is None:
             raise InputError("--model needs --data (a tile folder) to score on")
-        from cloudcps.cps import pick_device
+        from cloudcps.devices import pick_device
         from cloudcps.models import load_for_inference
 
         dev = pick_device(device or "auto")

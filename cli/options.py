@@ -115,6 +115,18 @@ def converter(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Par
     return callback
 
 
+def converter_multi(
+    parse: Callable[[str], Any],
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """:func:`converter` for an option given several times (a tuple of values)."""
+    one = converter(parse)
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        return tuple(one(ctx, param, v) for v in value or ())
+
+    return callback
+
+
 def quiet(ctx: click.Context) -> bool:
     root = ctx.find_root()
     return bool(root.obj and root.obj.get("quiet"))
@@ -131,4 +143,35 @@ device_opt = click.option(
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),
     default=None,
     help="Where to run: auto picks cuda, then mps, then cpu.  [default: auto]",
+)
+
+
+def _band_files(text: str) -> Any:
+    from cloudcps.scenes import parse_band_files
+
+    return parse_band_files(text)
+
+
+band_files_opt = click.option(
+    "--band-files",
+    "band_files",
+    multiple=True,
+    callback=converter_multi(_band_files),
+    help="One scene as single-band files R,G,B[,NIR] on one grid (repeatable: one scene each).",
+)
+scale_opt = click.option(
+    "--scale",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Multiply the scenes' values by this before the stretch (e.g. 10000 for reflectance in "
+    "0-1; the default model expects reflectance x 10000). Products (SAFE, Landsat, STAC) read "
+    "their own scaling; this applies on top. Give tile and predict the same.",
+)
+offset_opt = click.option(
+    "--offset",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Add this after --scale (a stacked Sentinel-2 L2A file of baseline 04.00+: -1000).",
 )

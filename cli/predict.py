@@ -7,13 +7,24 @@ from pathlib import Path
 
 import click
 
+from cloudcps.scenes import SceneRef
 from cloudcps.tiling import parse_bands
 
-from .options import converter, device_opt, overwrite_opt, quiet, user_errors
+from .options import (
+    band_files_opt,
+    converter,
+    device_opt,
+    offset_opt,
+    overwrite_opt,
+    quiet,
+    scale_opt,
+    user_errors,
+)
 
 
 @click.command(short_help="Predict georeferenced cloud masks for whole scenes.")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
+@band_files_opt
 @click.option(
     "--model",
     "-m",
@@ -79,21 +90,8 @@ from .options import converter, device_opt, overwrite_opt, quiet, user_errors
     callback=converter(parse_bands),
     help="R,G,B[,NIR] band numbers of the scenes.  [default: the model's]",
 )
-@click.option(
-    "--scale",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="Multiply the scene's values by this before the model's stretch (e.g. 10000 for "
-    "reflectance in 0-1; the default model expects reflectance x 10000).",
-)
-@click.option(
-    "--offset",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Add this after --scale (e.g. -1000 for Sentinel-2 L2A of processing baseline 04.00+).",
-)
+@scale_opt
+@offset_opt
 @click.option(
     "--cog",
     is_flag=True,
@@ -112,6 +110,7 @@ def predict(
     ctx: click.Context,
     /,
     scenes: tuple[Path, ...],
+    band_files: tuple[tuple[Path, ...], ...],
     model: Path,
     out: Path | None,
     tile_size: int | None,
@@ -138,6 +137,11 @@ def predict(
     transform and size, marks nodata as 255, and carries a colour table, the class names and the
     per-class cover (also in NAME.json beside it).
 
+    A scene is a raster file, a Sentinel-2 L1C/L2A product (.SAFE, its .zip, MTD_MSIL*.xml), a
+    Landsat Collection 2 L1/L2 product (folder, .tar, _MTL.txt/json), a STAC item (.json) or
+    --band-files; products are read as reflectance x 10000 with the scaling of their metadata,
+    and their masks are named after the product.
+
     Without --model the starter cloud model that ships with cloudcps is used (trained on
     L8 Biome and On Cloud N; it expects reflectance x 10000, see docs/model.md); without --out
     the mask is written beside the scene as NAME_mask.tif.
@@ -146,6 +150,8 @@ def predict(
     $ cloudcps predict scene.tif
     $ cloudcps predict scene.tif --model runs/cps --out scene_mask.tif
     $ cloudcps predict scenes/*.tif --out masks/ --skip-existing --cog
+    $ cloudcps predict downloads/S2*_MSIL2A_*.zip downloads/LC09_L2SP_*.tar --out masks/
+    $ cloudcps predict --band-files B04.tif,B03.tif,B02.tif,B08.tif
     $ torchrun --nproc_per_node 4 -m cloudcps.cli.main predict scenes/*.tif --out masks/
 
     Under torchrun (or any launcher that sets RANK and WORLD_SIZE) the scenes are shared among
@@ -154,22 +160,22 @@ def predict(
     from cloudcps.backends import load_model
     from cloudcps.errors import InputError
     from cloudcps.io import check_output_file, remove_stale_temps, written_by_cloudcps
-    from cloudcps.predict import (
-        PredictOptions,
-        check_window_options,
-        output_paths,
-        predict_scene,
-        scene_bands,
-    )
+    from cloudcps.predict import PredictOptions, check_window_options, predict_scene, scene_bands
+    from cloudcps.scenes import output_paths
 
     if not 0 <= buffer <= MAX_BUFFER:
         raise InputError(f"--buffer {buffer} must be between 0 and {MAX_BUFFER} pixels")
     if skip_existing and overwrite:
         raise InputError("--skip-existing and --overwrite exclude each other; give one")
     check_window_options(tile_size, overlap, batch_size)
-    scenes = tuple(select_scenes(scenes, ctx))
-    check_out(out, len(scenes))
-    masks = output_paths(scenes, out)
+    if not scenes and not band_files:
+        raise InputError(
+            "no scene given; give scene files, product folders or archives (SAFE, Landsat), "
+            "STAC items, or --band-files R,G,B[,NIR]"
+        )
+    refs = tuple(select_scenes(scenes, band_files, bands, ctx))
+    check_out(out, len(refs))
+    masks = output_paths(refs, out)
     opts = PredictOptions(
         tile_size,
         overlap,
@@ -183,15 +189,16 @@ def predict(
         offset,
         cog,
     )
-    inputs = [*scenes, model] if Path(model).exists() else list(scenes)
+    scene_inputs = [p for r in refs for p in r.inputs]
+    inputs = [*scene_inputs, model] if Path(model).exists() else scene_inputs
     label = "--out" if out is not None else "mask"
     rank, world = shard()
     # Shard by position in the argument list (the same on every rank whatever is on disk), then
     # check only this rank's scenes.
-    mine: list[tuple[Path, Path]] = []
+    mine: list[tuple[SceneRef, Path]] = []
     stale: list[Path] = []  # cloudcps's own sidecars of a run stopped before its mask
     skipped = 0
-    for scene, m in list(zip(scenes, masks, strict=True))[rank::world]:
+    for scene, m in list(zip(refs, masks, strict=True))[rank::world]:
         outputs = prediction_outputs(m, probabilities)
         for p in outputs:
             if p.is_symlink() and not p.exists():
@@ -209,7 +216,7 @@ def predict(
                     lost = next(q for q in outputs if not q.exists())
                     raise InputError(
                         f"--skip-existing: {m} exists without its {lost.name}; delete {m} to "
-                        f"predict {scene} again, or run without --skip-existing and with "
+                        f"predict {scene.name} again, or run without --skip-existing and with "
                         "--overwrite"
                     )
                 if not written_by_cloudcps(p):
@@ -242,24 +249,31 @@ def predict(
             res = predict_scene(scene, loaded, mask, opts, progress=not quiet(ctx))
             if not quiet(ctx):
                 cover = ", ".join(f"{k} {v:.1f}%" for k, v in res.cover_percent.items())
-                click.echo(f"{scene} -> {res.mask} ({res.seconds:.1f} s): {cover}")
+                click.echo(f"{scene.name} -> {res.mask} ({res.seconds:.1f} s): {cover}")
     if world > 1:
         done = gather_counts(len(mine))
         if rank == 0 and not quiet(ctx):
             click.echo(f"{world} ranks wrote {sum(done)} mask(s): {done} per rank")
 
 
-def select_scenes(scenes: tuple[Path, ...], ctx: click.Context) -> list[Path]:
-    """The scenes to predict: every one must exist and open (checked before any work); files
-    that cloudcps wrote (masks, probabilities of an earlier run, e.g. picked up again by
-    ``dir/*.tif``) are skipped with a notice, and refused when they are all there is."""
+def select_scenes(
+    scenes: tuple[Path, ...],
+    band_files: tuple[tuple[Path, ...], ...],
+    bands: tuple[int, ...] | None,
+    ctx: click.Context,
+) -> list[SceneRef]:
+    """The scenes to predict: every one must exist and open (products are read and checked,
+    before any work); files that cloudcps wrote (masks, probabilities of an earlier run, e.g.
+    picked up again by ``dir/*.tif``) are skipped with a notice, and refused when they are all
+    there is."""
     from cloudcps.errors import InputError
-    from cloudcps.io import open_raster, written_by_cloudcps
+    from cloudcps.io import is_virtual_path, written_by_cloudcps
+    from cloudcps.scenes import scene_ref
 
-    kept: list[Path] = []
+    kept: list[SceneRef] = []
     own: list[Path] = []
     for scene in scenes:
-        if not scene.exists():
+        if not scene.exists() and not is_virtual_path(str(scene)):
             name = str(scene)
             if name.startswith("-"):
                 raise InputError(
@@ -269,11 +283,11 @@ def select_scenes(scenes: tuple[Path, ...], ctx: click.Context) -> list[Path]:
                 )
             hint = " (a pattern that matched no file?)" if any(c in name for c in "*?[") else ""
             raise InputError(f"scene {name} does not exist{hint}; check the path")
-        open_raster(scene, "scene").close()
-        if written_by_cloudcps(scene):
+        if scene.is_file() and written_by_cloudcps(scene):  # a mask, its JSON, probabilities
             own.append(scene)
-        else:
-            kept.append(scene)
+            continue
+        kept.append(scene_ref(scene, bands=bands))
+    kept += [scene_ref(files[0], band_files=files) for files in band_files]
     if own and not kept:
         raise InputError(
             f"{own[0]} is a mask or probability raster that cloudcps wrote, not a scene"
@@ -353,7 +367,7 @@ MAX_BUFFER = 250  # scikit-image's disk decomposition stops at radius 251
 
 def prediction_outputs(mask: Path, probabilities: bool) -> list[Path]:
     """The files one scene's prediction writes: the mask, its JSON report, its probabilities."""
-    from cloudcps.predict import sidecars
+    from cloudcps.scenes import sidecars
 
     proba, report = sidecars(mask)
     return [mask, report] + ([proba] if probabilities else [])

@@ -15,7 +15,15 @@ from cloudcps.tiling import (
     tile_scenes,
 )
 
-from .options import converter, overwrite_opt, quiet, user_errors
+from .options import (
+    band_files_opt,
+    converter,
+    offset_opt,
+    overwrite_opt,
+    quiet,
+    scale_opt,
+    user_errors,
+)
 
 
 def _classes(text: str) -> tuple[str, ...]:
@@ -36,11 +44,15 @@ def _classes(text: str) -> tuple[str, ...]:
 )
 @click.option(
     "--bands",
-    default="1,2,3,4",
-    show_default=True,
+    default=None,
     callback=converter(parse_bands),
-    help="1-based band numbers of R,G,B,NIR in the scenes (R,G,B for files without NIR).",
+    help="1-based band numbers of R,G,B,NIR in the scenes (R,G,B for files without NIR).  "
+    "[default: by the files' band names (B04,B03,B02,B08; red, green, blue, nir), else "
+    "1,2,3,4; a product's own]",
 )
+@band_files_opt
+@scale_opt
+@offset_opt
 @click.option(
     "--label-map",
     default=None,
@@ -136,10 +148,13 @@ def tile(
     scenes: tuple[Path, ...],
     out: Path,
     label_dir: tuple[Path, ...],
-    bands: tuple[int, ...],
+    bands: tuple[int, ...] | None,
     label_map: dict[int, int] | None,
     unknown_labels: str,
     classes: tuple[str, ...],
+    band_files: tuple[tuple[Path, ...], ...],
+    scale: float,
+    offset: float,
     tile_size: int,
     overlap: int,
     stretch: object,
@@ -167,6 +182,10 @@ def tile(
     $ cloudcps tile scenes/*.tif --label-dir labels --label-map 128:0,255:1,192:2,64:3 \\
         --val scenes/a.tif --out tiles
     $ cloudcps tile scenes/*.tif --label-dir labels --clear clear/LC08_*.tif --out tiles
+    $ cloudcps tile downloads/*.SAFE downloads/LC08_L1TP_*.tar --out unlabelled-tiles
+
+    Scenes may also be products as downloaded (Sentinel-2 SAFE/.zip, Landsat Collection 2
+    folders/.tar, STAC items) or --band-files; see cloudcps predict --help.
     """
     from cloudcps.tiling import StretchSpec
 
@@ -175,6 +194,9 @@ def tile(
         tile_size=tile_size,
         overlap=overlap,
         bands=bands,
+        scale=scale,
+        offset=offset,
+        band_files=band_files,
         stretch=stretch,
         gamma=gamma,
         label_dirs=label_dir,

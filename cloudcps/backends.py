@@ -55,50 +55,13 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnx", "torch")
 GRAPH_VERSION = 1  # bump when the exported graph's inputs, outputs or metadata change
 OPSET = 17
-DEFAULT_MODEL = "default"
-DEFAULT_MODEL_FILE = "starter.pt"
-
-
-# --------------------------------------------------------------------------------------------
-# Model files
-# --------------------------------------------------------------------------------------------
-
-
-def default_model_path() -> Path:
-    """The starter cloud model that ships inside the package (``--model default``)."""
-    from importlib.resources import files
-
-    path = Path(str(files("cloudcps") / "weights" / DEFAULT_MODEL_FILE))
-    if not path.is_file():
-        raise InputError(
-            f"the default model {path} is not installed; reinstall cloudcps, or give --model "
-            "RUN_OR_CKPT"
-        )
-    return path
-
-
-def resolve_checkpoint(
-    path: str | os.PathLike[str], prefer: str = "best.pt", option: str = "--model"
-) -> Path:
-    """A checkpoint file, ``prefer`` (then ``latest.pt``) inside a run folder, or ``default``
-    (the starter model that ships with cloudcps); ``option`` names it in errors."""
-    if str(path) == DEFAULT_MODEL and not Path(path).exists():
-        return default_model_path()
-    p = Path(path)
-    if p.is_dir():
-        for name in (prefer, "latest.pt", "best.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise InputError(f"{option} {p} holds no best.pt or latest.pt; give a run folder or a .pt")
-    if not p.is_file():
-        raise InputError(f"{option} {p} does not exist; give a run folder or a checkpoint file")
-    if p.suffix.lower() == ".onnx":
-        raise InputError(
-            f"{option} {p} is an ONNX graph; {option} takes a run folder, a checkpoint (.pt) of "
-            "cloudcps train (best.pt, latest.pt) or default (a graph is made from the checkpoint, "
-            "and NAME.onnx beside NAME.pt is used when it holds that checkpoint's weights)"
-        )
-    return p
+# where model files are found lives in cloudcps.modelfiles (re-exported here, where it was)
+from cloudcps.modelfiles import (  # noqa: E402, F401
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_FILE,
+    default_model_path,
+    resolve_checkpoint,
+)
 
 
 def bytes_sha256(data: bytes) -> str:
@@ -297,7 +260,7 @@ def choose_backend(backend: str, device: str | None) -> tuple[str, str]:
         if not gpu_may_exist():
             device = "cpu"
         else:
-            from cloudcps.cps import pick_device
+            from cloudcps.devices import pick_device
 
             device = pick_device("auto", int(os.environ.get("LOCAL_RANK", "0") or 0)).type
     if device == "cuda" and os.environ.get("LOCAL_RANK"):
@@ -327,7 +290,7 @@ def load_model(
     if backend == "torch":
         import torch
 
-        from cloudcps.cps import pick_device
+        from cloudcps.devices import pick_device
         from cloudcps.models import load_for_inference
 
         if threads:

@@ -42,6 +42,7 @@ from cloudcps.datasets import (
     label_class_counts,
     voc_contract,
 )
+from cloudcps.devices import pick_device
 from cloudcps.errors import InputError, TrainingDivergedError
 from cloudcps.locks import RunLock
 from cloudcps.metrics import scores
@@ -88,23 +89,6 @@ class Runtime:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an unavailable device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available; use --device cpu")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps: MPS is not available; use --device cpu")
-    return torch.device(name)
 
 
 def init_runtime(device: str) -> Runtime:

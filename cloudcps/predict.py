@@ -57,9 +57,17 @@ from cloudcps.io import (
     atomic_file,
     check_output_file,
     gdal_message,
-    open_raster,
     read_valid_mask,
     reading,
+)
+from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: were here)
+    Scene,
+    SceneRef,
+    as_ref,
+    default_mask_path,
+    output_paths,
+    sidecars,
+    source_tags,
 )
 from cloudcps.tiling import GDAL_ENV, DataContract, Stretch
 
@@ -196,13 +204,16 @@ def _pad_window(
 class RasterSource:
     """Windowed reads of the model's bands from an open rasterio dataset."""
 
-    def __init__(self, src: rasterio.DatasetReader, bands: Sequence[int]) -> None:
+    def __init__(
+        self, src: rasterio.DatasetReader, bands: Sequence[int], name: str | None = None
+    ) -> None:
         self.src, self.bands = src, list(bands)
+        self.name = name or src.name  # a product's stack is a VRT in memory: name the product
         self.height, self.width = src.height, src.width
 
     def read(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col, row, min(w, self.width - col), min(h, self.height - row))
-        with reading(self.src.name):
+        with reading(self.name):
             valid = read_valid_mask(self.src, self.bands, window=win)
             if not valid.any():  # nothing to predict here: the values are never used
                 shape = (len(self.bands), int(win.height), int(win.width))
@@ -711,6 +722,7 @@ def check_value_range(
     scale: float = 1.0,
     offset: float = 0.0,
     sample: tuple[np.ndarray, np.ndarray] | None = None,
+    name: str | None = None,
 ) -> str | None:
     """A warning when the scene's values are far outside what the model's stretch expects.
 
@@ -720,6 +732,7 @@ def check_value_range(
     contract's stretch range.
     """
     st = contract.stretch
+    shown = name or src.name
     if st.method == "none":
         return None
     data, valid = sample or sample_scene(src, bands)
@@ -734,13 +747,13 @@ def check_value_range(
         expects += " (reflectance x 10000, as Sentinel-2 L1C/L2A and Landsat TOA products)"
     if p99 < lo + 0.03 * (hi - lo):
         return (
-            f"scene {src.name} reaches only {p99:.4g} (99th percentile) but {expects}: the mask "
+            f"scene {shown} reaches only {p99:.4g} (99th percentile) but {expects}: the mask "
             "will be wrong; scale the values with --scale (e.g. --scale 10000 for reflectance in "
             "0-1)"
         )
     if p50 > hi:
         return (
-            f"scene {src.name} has a median of {p50:.4g}, above the top of the stretch; {expects}: "
+            f"scene {shown} has a median of {p50:.4g}, above the top of the stretch; {expects}: "
             "the mask will be wrong; scale the values with --scale (e.g. --scale 0.1) or --offset"
         )
     return None
@@ -773,13 +786,15 @@ def degenerate_warnings(
     src: rasterio.DatasetReader,
     bands: Sequence[int],
     sample: tuple[np.ndarray, np.ndarray] | None = None,
+    name: str | None = None,
 ) -> list[str]:
     """Warnings for scenes that predict without error but not usefully: tiny, all nodata, or
     with non-finite values (judged on :func:`sample_scene`, or ``sample``)."""
     out = []
+    shown = name or src.name
     if min(src.width, src.height) < 32:
         out.append(
-            f"scene {src.name} is only {src.width}x{src.height} px; the network sees mostly "
+            f"scene {shown} is only {src.width}x{src.height} px; the network sees mostly "
             "padding below 32 px, so the mask is unreliable"
         )
     data, valid = sample or sample_scene(src, bands)
@@ -787,7 +802,7 @@ def degenerate_warnings(
         bad = ~np.all(np.isfinite(data), axis=0)
         if bad.any():
             out.append(
-                f"scene {src.name}: {100 * bad.mean():.1f} % of the sampled pixels are NaN or "
+                f"scene {shown}: {100 * bad.mean():.1f} % of the sampled pixels are NaN or "
                 "infinite; they are masked as nodata (255)"
             )
             valid = valid & ~bad
@@ -864,45 +879,35 @@ def no_valid_pixel_warning(name: str) -> str:
 
 
 def scene_bands(
-    scene: Path, contract: DataContract, bands: Sequence[int] | None = None
+    scene: str | os.PathLike[str] | SceneRef,
+    contract: DataContract,
+    bands: Sequence[int] | None = None,
 ) -> list[int]:
     """Open a scene and resolve the bands that feed the model (:func:`resolve_bands`): the
     checks :func:`predict_scene` makes, to make them for every scene before any work."""
-    with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src:
-        named = raster_bands(src) if bands is None else None
-        return resolve_bands(contract, src.count, scene, bands, named)
+    ref = as_ref(scene)
+    with rasterio.Env(**GDAL_ENV), ref.open(_product_bands(ref, bands)) as opened:
+        return _bands_of(opened, ref, contract, bands)
 
 
-def default_mask_path(scene: Path) -> Path:
-    """``NAME_mask.tif`` beside the scene (what ``cloudcps predict scene.tif`` writes)."""
-    return scene.with_name(f"{scene.stem}_mask.tif")
+def _product_bands(ref: SceneRef, bands: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``--bands`` goes to a raster; a product picks its own (and refuses others)."""
+    return tuple(bands) if bands is not None else None
 
 
-def output_paths(scenes: Sequence[Path], out: Path | None) -> list[Path]:
-    """One mask per scene: ``out`` for one scene and a .tif name, else ``out/NAME_mask.tif``;
-    without ``out``, ``NAME_mask.tif`` beside each scene."""
-    if out is None:
-        return [default_mask_path(s) for s in scenes]
-    if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
-        return [out]
-    if out.suffix.lower() in (".tif", ".tiff"):
-        raise InputError(
-            f"--out {out} names a file but {len(scenes)} scenes were given; give a folder"
-        )
-    names = [s.stem for s in scenes]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise InputError(f"several scenes are named {sorted(dup)[0]!r}; their masks would collide")
-    return [out / f"{s.stem}_mask.tif" for s in scenes]
-
-
-def sidecars(mask: Path) -> tuple[Path, Path]:
-    stem = mask.name[: -len(mask.suffix)] if mask.suffix else mask.name
-    return mask.with_name(f"{stem}_proba.tif"), mask.with_name(f"{stem}.json")
+def _bands_of(
+    opened: Scene, ref: SceneRef, contract: DataContract, bands: Sequence[int] | None
+) -> list[int]:
+    src = opened.dataset
+    if opened.kind != "raster":
+        assert opened.bands is not None
+        return list(opened.bands[:3])
+    named = raster_bands(src) if bands is None else None
+    return resolve_bands(contract, src.count, ref.path, bands, named)
 
 
 def predict_scene(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneRef,
     model: ModelLike,
     out: str | os.PathLike[str],
     options: PredictOptions | None = None,
@@ -918,10 +923,11 @@ def predict_scene(
     """
     opts = options or PredictOptions()
     loaded = as_inference(model, device)
-    scene_p, mask_p = Path(scene), Path(out)
+    ref = as_ref(scene)
+    scene_p, mask_p = ref.path, Path(out)
     proba_p, json_p = sidecars(mask_p)
     for p in [mask_p, json_p] + ([proba_p] if opts.probabilities else []):
-        check_output_file(p, opts.overwrite, [scene_p])
+        check_output_file(p, opts.overwrite, ref.inputs)
     t0 = time.perf_counter()
     contract = loaded.contract
     k = contract.num_classes
@@ -936,13 +942,21 @@ def predict_scene(
         opts.offset,
     )
     quiet_libtiff()
-    with rasterio.Env(**GDAL_ENV), open_raster(scene_p, "scene") as src:
-        named = raster_bands(src) if opts.bands is None else None
-        bands = resolve_bands(contract, src.count, scene_p, opts.bands, named)
-        with reading(scene_p):
+    with rasterio.Env(**GDAL_ENV), ref.open(_product_bands(ref, opts.bands)) as opened:
+        src = opened.dataset
+        bands = _bands_of(opened, ref, contract, opts.bands)
+        with reading(ref.name):
             sample = sample_scene(src, bands)
-        range_warning = check_value_range(src, bands, contract, opts.scale, opts.offset, sample)
-        notes = ([range_warning] if range_warning else []) + degenerate_warnings(src, bands, sample)
+        range_warning = check_value_range(
+            src, bands, contract, opts.scale, opts.offset, sample, ref.name
+        )
+        notes = [range_warning] if range_warning else []
+        notes += degenerate_warnings(src, bands, sample, ref.name)
+        if opened.scaled and (opts.scale, opts.offset) != (1.0, 0.0):
+            notes.append(
+                f"{ref.name}: --scale {opts.scale:g} / --offset {opts.offset:g} apply on top of "
+                "the product's own scaling (already reflectance x 10000)"
+            )
         for note in notes:
             log.warning(note)
         gcps, gcp_crs = scene_gcps(src)
@@ -950,7 +964,7 @@ def predict_scene(
             log.info(
                 "scene %s is georeferenced by %d ground control points, not a transform: the "
                 "mask carries the same GCPs (gdalwarp it for a regular grid)",
-                src.name,
+                ref.name,
                 len(gcps),
             )
         profile: dict[str, Any] = {
@@ -990,7 +1004,7 @@ def predict_scene(
                         )
                         try:
                             sink = RasterSink(dst, pdst, k)
-                            predictor.run(RasterSource(src, bands), sink, progress)
+                            predictor.run(RasterSource(src, bands, ref.name), sink, progress)
                             if pdst is not None:
                                 pdst.scales = [1 / 255.0] * k
                                 for i, name in enumerate(contract.classes):
@@ -1008,13 +1022,13 @@ def predict_scene(
                         counts = _buffer_raster(raw_mask, stage, opts.buffer, k, profile)
                     valid_px = int(counts.sum())
                     if valid_px == 0:
-                        notes.append(no_valid_pixel_warning(src.name))
+                        notes.append(no_valid_pixel_warning(ref.name))
                         log.warning(notes[-1])
                     cover = {
                         name: round(100.0 * float(c) / valid_px, 4) if valid_px else 0.0
                         for name, c in zip(contract.classes, counts, strict=True)
                     }
-                    _finish_mask(stage, contract, cover, loaded, opts)
+                    _finish_mask(stage, contract, cover, loaded, opts, opened)
                     if opts.cog:
                         write_cog(stage, tmp_mask, "mode")
                         if proba_stage is not None and tmp_proba is not None:
@@ -1025,7 +1039,9 @@ def predict_scene(
                         extra.unlink()
             seconds = time.perf_counter() - t0
             report = {
-                "scene": str(scene_p),
+                "scene": ref.name,
+                "product_id": opened.product_id,
+                "source": opened.record,
                 "mask": str(mask_p),
                 "probabilities": str(proba_p) if opts.probabilities else None,
                 "model": str(loaded.path),
@@ -1132,6 +1148,7 @@ def _finish_mask(
     cover: dict[str, float],
     loaded: InferenceModel,
     opts: PredictOptions,
+    opened: Scene | None = None,
 ) -> None:
     colours = class_colours(contract.num_classes)
     cmap = {i: c for i, c in enumerate(colours)}
@@ -1156,6 +1173,8 @@ def _finish_mask(
             BUFFER_PX=str(opts.buffer),
             SOFTWARE=f"cloudcps {__version__}",
         )
+        if opened is not None:
+            tags.update(source_tags(opened))
         dst.update_tags(**tags)
 
 

@@ -324,7 +324,10 @@ class TileOptions:
 
     tile_size: int = 1024
     overlap: int = 0
-    bands: tuple[int, ...] = (1, 2, 3, 4)
+    bands: tuple[int, ...] | None = None  # None: by the scenes' band names, else 1,2,3[,4]
+    scale: float = 1.0
+    offset: float = 0.0
+    band_files: tuple[tuple[Path, ...], ...] = ()  # scenes given as single-band files
     stretch: StretchSpec = field(default_factory=StretchSpec)
     gamma: float = 1.0
     label_dirs: tuple[Path, ...] = ()
@@ -367,6 +370,11 @@ class TileOptions:
             raise InputError("give either --val or --val-fraction, not both")
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             raise InputError(f"--min-valid {self.min_valid_fraction} must be in [0, 1]")
+        if not (math.isfinite(self.scale) and self.scale != 0 and math.isfinite(self.offset)):
+            raise InputError(
+                f"--scale {self.scale:g} / --offset {self.offset:g}: give finite numbers, a "
+                "scale other than 0"
+            )
         if not (math.isfinite(self.gamma) and 0.1 <= self.gamma <= 10):
             raise InputError(f"--gamma {self.gamma} must be in [0.1, 10]")
         if not 1 <= self.jpeg_quality <= 100:
@@ -427,10 +435,37 @@ class SceneInfo:
     transform: tuple[float, ...]
     role: str = "train"
     clear: bool = False  # known cloud-free: every valid pixel is labelled clear
+    bands: tuple[int, ...] = (1, 2, 3, 4)  # R, G, B[, NIR] in ``source``
+    source: str | None = None  # what GDAL opens: a product's stacking VRT; None: ``path``
+    product_id: str | None = None  # a product's id (names its tiles); None: the file name
+    record: dict[str, Any] | None = None  # what was read, with which scaling (scenes.py)
+    band_files: tuple[Path, ...] | None = None
 
     @property
     def id(self) -> str:
-        return self.path.stem
+        return self.product_id or self.path.stem
+
+    @property
+    def name(self) -> str:
+        """The scene in messages."""
+        if self.band_files:
+            return "--band-files " + ",".join(str(f) for f in self.band_files)
+        return str(self.path)
+
+
+def _open_scene_source(scene: SceneInfo) -> rasterio.DatasetReader:
+    """The scene's dataset: its file, or a product's stacking VRT (reopened from its XML, also
+    in a worker process)."""
+    if scene.source is None:
+        return open_raster(scene.path, "scene")
+    return rasterio.open(scene.source)
+
+
+def _scaled(data: np.ndarray, opts: TileOptions) -> np.ndarray:
+    """``--scale`` / ``--offset`` (the values that predict reads get the same)."""
+    if (opts.scale, opts.offset) == (1.0, 0.0):
+        return data
+    return data.astype(np.float32) * np.float32(opts.scale) + np.float32(opts.offset)
 
 
 def _crs_str(crs: CRS | None) -> str | None:
@@ -440,15 +475,19 @@ def _crs_str(crs: CRS | None) -> str | None:
     return f"EPSG:{epsg}" if epsg else str(crs.to_wkt())
 
 
-def _find_label(scene: Path, label_dirs: Sequence[Path]) -> Path | None:
+def _find_label(scene: Path, label_dirs: Sequence[Path], name: str | None = None) -> Path | None:
+    """The label raster of a scene: its file name, or its stem (or product id ``name``) with a
+    raster suffix, in the first ``--label-dir`` that has one."""
+    stems = [name, scene.stem] if name and name != scene.stem else [scene.stem]
     for d in label_dirs:
         exact = d / scene.name
         if exact.is_file():
             return exact
-        for suffix in RASTER_SUFFIXES:
-            cand = d / (scene.stem + suffix)
-            if cand.is_file():
-                return cand
+        for stem in stems:
+            for suffix in RASTER_SUFFIXES:
+                cand = d / (stem + suffix)
+                if cand.is_file():
+                    return cand
     return None
 
 
@@ -457,40 +496,76 @@ def _transforms_close(a: Affine, b: Affine) -> bool:
     return all(abs(x - y) <= tol * max(1.0, abs(x)) for x, y in zip(a[:6], b[:6], strict=True))
 
 
-def inspect_scene(path: Path, bands: Sequence[int], label_dirs: Sequence[Path]) -> SceneInfo:
-    """Open a scene (and its label raster) and check that they can be tiled together."""
+def inspect_scene(
+    path: Path,
+    bands: Sequence[int] | None,
+    label_dirs: Sequence[Path],
+    band_files: Sequence[Path] | None = None,
+) -> SceneInfo:
+    """Open a scene (a raster, a product or band files: :func:`cloudcps.scenes.open_scene`) and
+    its label raster, and check that they can be tiled together. ``bands`` None: R, G, B[, NIR]
+    by the file's band names, else 1, 2, 3[, 4]."""
+    from cloudcps.bands import DEFAULT_ORDER, check_scene_bands, needs_bands_message, raster_bands
+    from cloudcps.scenes import open_scene
+
     bad = [c for c in path.stem if not c.isprintable()]
     if bad:
         raise InputError(
             f"scene {str(path)!r} has a control character ({bad[0]!r}) in its name, which would "
             "break the one-id-per-line split lists; rename the file"
         )
-    with open_raster(path, "scene") as src:
-        if src.count < max(bands):
-            raise InputError(
-                f"scene {path} has {src.count} band(s) but --bands {','.join(map(str, bands))} "
-                f"asks for band {max(bands)}; pass --bands with the file's R,G,B[,NIR] "
-                f"band numbers (e.g. --bands 1,2,3 for an RGB file)"
-            )
-        from cloudcps.bands import check_scene_bands  # R,G,B[,NIR] by the file's band names
-
-        check_scene_bands(src, path, bands)
+    given = tuple(bands) if bands is not None else None
+    with open_scene(path, bands=given, band_files=band_files) as opened:
+        src = opened.dataset
+        shown = "--band-files " + ",".join(map(str, band_files)) if band_files else str(path)
+        if opened.kind != "raster":
+            assert opened.bands is not None
+            chosen = opened.bands
+        elif given is not None:
+            if src.count < max(given):
+                raise InputError(
+                    f"scene {path} has {src.count} band(s) but --bands "
+                    f"{','.join(map(str, given))} asks for band {max(given)}; pass --bands with "
+                    "the file's R,G,B[,NIR] band numbers (e.g. --bands 1,2,3 for an RGB file)"
+                )
+            chosen = given
+        else:
+            # names decide for files that carry them, or that have more than 4 bands (a 4-band
+            # uint8 file flagged RGBA holds NIR in its "alpha" band: 1,2,3,4 as usual)
+            named = raster_bands(src) if src.count > 4 or any(src.descriptions) else None
+            if named is not None:
+                chosen = named
+            elif src.count > 4:
+                raise InputError(needs_bands_message(path, src.count))
+            else:
+                chosen = DEFAULT_ORDER[: min(4, src.count)] if src.count >= 3 else DEFAULT_ORDER
+                check_scene_bands(src, path, chosen)
+            if src.count < max(chosen):
+                raise InputError(
+                    f"scene {path} has {src.count} band(s); give a 4-band (R,G,B,NIR) or RGB "
+                    "scene, or --bands with its R,G,B[,NIR] band numbers"
+                )
         if src.crs is None and src.gcps[0]:
             log.warning(
                 "scene %s is georeferenced by %d ground control points, which tiles do not "
                 "carry: their transforms are in pixels (gdalwarp the scene first to keep it)",
-                path,
+                shown,
                 len(src.gcps[0]),
             )
         info = SceneInfo(
             path=path,
-            label=_find_label(path, label_dirs),
+            label=_find_label(path, label_dirs, opened.product_id),
             width=src.width,
             height=src.height,
             count=src.count,
             dtype=src.dtypes[0],
             crs=_crs_str(src.crs),
             transform=tuple(src.transform)[:6],
+            bands=tuple(chosen),
+            source=opened.vrt if opened.kind != "raster" else None,
+            product_id=opened.product_id if opened.kind != "raster" else None,
+            record=opened.record,
+            band_files=tuple(band_files) if band_files else None,
         )
         scene_crs, scene_tf = src.crs, src.transform
     if info.label is not None:
@@ -574,23 +649,27 @@ def check_label_values(
 # --------------------------------------------------------------------------------------------
 
 
-def _sample_scene(path: Path, bands: Sequence[int], max_side: int = 768) -> np.ndarray:
-    """Valid pixel values (n, bands) of a decimated read of the scene."""
-    with rasterio.Env(**GDAL_ENV), open_raster(path, "scene") as src, reading(path):
+def _sample_scene(
+    scene: SceneInfo, bands: Sequence[int], opts: TileOptions, max_side: int = 768
+) -> np.ndarray:
+    """Valid pixel values (n, bands) of a decimated read of the scene (after --scale/--offset)."""
+    with rasterio.Env(**GDAL_ENV), _open_scene_source(scene) as src, reading(scene.name):
         f = max(1.0, max(src.width, src.height) / max_side)
         shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
         valid = read_valid_mask(src, tuple(bands), out_shape=shape)
+        data = _scaled(data, opts)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
     return data[:, valid].T.astype(np.float64)
 
 
 def resolve_stretch(
-    spec: StretchSpec, scenes: Sequence[SceneInfo], bands: Sequence[int]
+    spec: StretchSpec, scenes: Sequence[SceneInfo], n: int, opts: TileOptions | None = None
 ) -> Stretch:
-    """Turn a :class:`StretchSpec` into one :class:`Stretch` for every scene of the dataset."""
-    n = len(bands)
+    """Turn a :class:`StretchSpec` into one :class:`Stretch` for every scene of the dataset
+    (``n`` bands of each: R, G, B[, NIR])."""
+    opts = opts or TileOptions()
     if spec.method == "fixed":
         ranges = spec.ranges
         if len(ranges) == 1:
@@ -602,7 +681,8 @@ def resolve_stretch(
             )
         ranges = (ranges + ranges[-1:] * n)[:n]
         return Stretch("fixed", tuple(r[0] for r in ranges), tuple(r[1] for r in ranges))
-    dtypes = {s.dtype for s in scenes}
+    scaled = (opts.scale, opts.offset) != (1.0, 0.0)
+    dtypes = {"float32" if scaled else s.dtype for s in scenes}
     if spec.method == "none" or dtypes == {"uint8"}:
         if spec.method == "none" and dtypes != {"uint8"}:
             log.warning("--stretch none on %s input: values are clipped to 0..255", sorted(dtypes))
@@ -612,7 +692,7 @@ def resolve_stretch(
             f"the scenes mix uint8 with {sorted(dtypes - {'uint8'})}; one automatic stretch "
             "cannot fit both: give --stretch MIN:MAX or tile them separately"
         )
-    samples = [_sample_scene(s.path, bands) for s in scenes]
+    samples = [_sample_scene(s, s.bands[:n], opts) for s in scenes]
     allv = (
         np.concatenate([s for s in samples if len(s)], axis=0)
         if any(len(s) for s in samples)
@@ -676,7 +756,7 @@ class _SceneJob:
 
 
 def _tile_scene(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
-    with reading(job.scene.path, "scene (or its label raster)"):
+    with reading(job.scene.name, "scene (or its label raster)"):
         return _tile_scene_unchecked(job)
 
 
@@ -686,19 +766,19 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
     t = opts.tile_size
     records: list[dict[str, Any]] = []
     skipped = 0
-    with rasterio.Env(**GDAL_ENV), open_raster(scene.path, "scene") as src:
+    with rasterio.Env(**GDAL_ENV), _open_scene_source(scene) as src:
         lab = open_raster(scene.label, "label raster") if scene.label else None
         try:
             to_class = _label_lut(opts.label_map, k, lab.nodata)[0] if lab else None
             clear_id = opts.classes.index("clear") if scene.clear else None
 
-            rgb = list(opts.bands[:3])
+            rgb = list(scene.bands[:3])
             for window in tile_windows(src.width, src.height, t, opts.overlap):
                 vw = _clip(window, src.width, src.height)
                 h, w = int(vw.height), int(vw.width)
                 valid = np.zeros((t, t), dtype=bool)
-                valid[:h, :w] = read_valid_mask(src, opts.bands, window=vw)
-                data = src.read(rgb, window=vw)
+                valid[:h, :w] = read_valid_mask(src, scene.bands, window=vw)
+                data = _scaled(src.read(rgb, window=vw), opts)
                 if np.issubdtype(data.dtype, np.floating):
                     valid[:h, :w] &= np.all(np.isfinite(data), axis=0)
                     data = np.nan_to_num(data)
@@ -774,7 +854,7 @@ def _match_scene(name: str, scenes: Sequence[SceneInfo]) -> SceneInfo:
     for s in scenes:
         if p.exists() and s.path.resolve() == p.resolve():
             return s
-    hits = [s for s in scenes if name in (s.path.name, s.path.stem, str(s.path))]
+    hits = [s for s in scenes if name in (s.path.name, s.path.stem, str(s.path), s.id)]
     if len(hits) == 1:
         return hits[0]
     raise InputError(
@@ -913,9 +993,13 @@ def tile_scenes(
     out_path = Path(out)
     check_scenes_exist(scenes, opts.clear)
     inputs = [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs)
+    inputs += [f for files in opts.band_files for f in files]
     check_out_dir(out_path, opts.overwrite, "tiles", inputs)
-    if not scenes and not opts.clear:
-        raise InputError("no scenes given; pass one or more 4-band rasters")
+    if not scenes and not opts.clear and not opts.band_files:
+        raise InputError(
+            "no scenes given; pass 4-band rasters, product folders or archives (SAFE, "
+            "Landsat), STAC items, or --band-files R,G,B[,NIR]"
+        )
     for d in opts.label_dirs:
         if not Path(d).is_dir():
             raise InputError(f"--label-dir {d} is not a folder")
@@ -924,6 +1008,7 @@ def tile_scenes(
     paths += [Path(p) for p in opts.clear if Path(p).resolve() not in known]
     clear = {Path(p).resolve() for p in opts.clear}
     infos = [inspect_scene(p, opts.bands, opts.label_dirs) for p in paths]
+    infos += [inspect_scene(f[0], opts.bands, opts.label_dirs, f) for f in opts.band_files]
     for s in infos:
         if s.path.resolve() in clear:
             if s.label is not None:
@@ -964,12 +1049,14 @@ def tile_scenes(
         log.warning(msg)
         notes.append(msg)
     assign_val_scenes(infos, opts)
-    stretch = resolve_stretch(opts.stretch, infos, opts.bands)
+    # one band count for the dataset: the given --bands, else 4 when every scene has NIR
+    n = len(opts.bands) if opts.bands else (4 if all(len(s.bands) >= 4 for s in infos) else 3)
+    stretch = resolve_stretch(opts.stretch, infos, n, opts)
     if opts.gamma != 1.0 and stretch.method != "none":
         stretch = replace(stretch, gamma=opts.gamma)
     contract = DataContract(
         classes=tuple(opts.classes),
-        bands=tuple(opts.bands),
+        bands=tuple(opts.bands) if opts.bands else infos[0].bands[:n],
         stretch=stretch,
         tile_size=opts.tile_size,
     )
@@ -1046,6 +1133,7 @@ def tile_scenes(
                 if is_partial(v)
             },
             "min_valid_fraction": opts.min_valid_fraction,
+            "scaling": {"scale": opts.scale, "offset": opts.offset},
             "options": {
                 "labeled_fraction": opts.labeled_fraction,
                 "val": list(opts.val),
@@ -1065,6 +1153,8 @@ def tile_scenes(
                     "transform": list(s.transform),
                     "role": s.role,
                     "clear": s.clear,
+                    "bands": list(s.bands[:n]),
+                    "source": s.record,
                 }
                 for s in infos
             ],

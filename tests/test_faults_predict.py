@@ -247,11 +247,16 @@ def test_a_13_band_stack_without_band_names_needs_bands(tiny_run: Path, tmp_path
     _ok(*args, "--bands", "4,3,2,8")
 
 
-def test_tile_refuses_the_default_bands_of_a_named_sentinel2_stack(tmp_path: Path) -> None:
+def test_tile_reads_a_named_sentinel2_stack_by_its_band_names(tmp_path: Path) -> None:
     s2 = _stack(tmp_path / "s2.tif", S2_NAMES, 64)
-    args = ["tile", s2, "--out", tmp_path / "t", "--tile-size", "32", "--labeled-fraction", "0"]
-    fails(tmp_path, args, "--bands 4,3,2,8")
-    _ok(*args, "--bands", "4,3,2,8")
+    args = ["tile", s2, "--tile-size", "32", "--labeled-fraction", "0", "--format", "png"]
+    _ok(*args, "--out", tmp_path / "t")
+    _ok(*args, "--out", tmp_path / "u", "--bands", "4,3,2,8")
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["bands"]["input"] == [4, 3, 2, 8]
+    for tile in manifest["tiles"]:  # the same pixels as with --bands 4,3,2,8
+        a = (tmp_path / "t" / tile["image"]).read_bytes()
+        assert a == (tmp_path / "u" / tile["image"]).read_bytes()
 
 
 def test_gcps_of_a_scene_are_carried_to_its_mask(tiny_run: Path, tmp_path: Path) -> None:

@@ -276,10 +276,12 @@ def test_scene_without_crs(tmp_path: Path) -> None:
 
 def test_rgb_file_with_three_bands(tmp_path: Path) -> None:
     img = write_raster(tmp_path / "rgb.tif", np.ones((3, 64, 64), np.uint16))
-    with pytest.raises(InputError, match="has 3 band"):
-        tile_scenes([img], tmp_path / "T", TileOptions(tile_size=64))
-    tile_scenes([img], tmp_path / "T", TileOptions(tile_size=64, bands=(1, 2, 3)))
-    assert _manifest(tmp_path / "T")["bands"]["dropped"] == []
+    with pytest.raises(InputError, match="has 3 band"):  # NIR asked for, not there
+        tile_scenes([img], tmp_path / "T", TileOptions(tile_size=64, bands=(1, 2, 3, 4)))
+    tile_scenes([img], tmp_path / "T", TileOptions(tile_size=64))  # by default: R, G, B
+    assert _manifest(tmp_path / "T")["bands"]["input"] == [1, 2, 3]
+    tile_scenes([img], tmp_path / "U", TileOptions(tile_size=64, bands=(1, 2, 3)))
+    assert _manifest(tmp_path / "U")["bands"]["dropped"] == []
 
 
 def test_option_parsers() -> None:
@@ -348,7 +350,7 @@ def test_cli_bad_inputs(make_scene: SceneFactory, tmp_path: Path) -> None:
     _assert_clean_failure(code, o, out, "is not a readable raster")
 
     rgb = write_raster(tmp_path / "rgb.tif", np.ones((3, 64, 64), np.uint16))
-    code, o = _invoke(["tile", str(rgb), "--out", str(out / "B")])
+    code, o = _invoke(["tile", str(rgb), "--bands", "1,2,3,4", "--out", str(out / "B")])
     _assert_clean_failure(code, o, out, "has 3 band(s)")
 
     img, lab = make_scene()
