@@ -360,9 +360,10 @@ def package(run: Path, dest: Path, note: str) -> Path:
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, out)
-    from cloudcps.backends import export_onnx
+    from cloudcps.backends import export_onnx, vouch_for_graph
 
     export_onnx(dest, "both", dest.with_suffix(".onnx"))  # the graph CPU prediction runs
+    vouch_for_graph(dest, dest.with_suffix(".onnx"))  # the checkpoint names it as its own
     return dest
 
 

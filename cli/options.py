@@ -161,17 +161,17 @@ band_files_opt = click.option(
 )
 scale_opt = click.option(
     "--scale",
-    default=1.0,
-    show_default=True,
+    default=None,
     type=float,
     help="Multiply the scenes' values by this before the stretch (e.g. 10000 for reflectance in "
     "0-1; the default model expects reflectance x 10000). Products (SAFE, Landsat, STAC) read "
-    "their own scaling; this applies on top. Give tile and predict the same.",
+    "their own scaling; this applies on top. tile records it; predict reads scenes with the "
+    "tiles' value unless given.  [default: tile 1; predict the model's]",
 )
 offset_opt = click.option(
     "--offset",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=float,
-    help="Add this after --scale (a stacked Sentinel-2 L2A file of baseline 04.00+: -1000).",
+    help="Add this after --scale (a stacked Sentinel-2 L2A file of baseline 04.00+: -1000).  "
+    "[default: tile 0; predict the model's]",
 )

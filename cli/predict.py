@@ -124,8 +124,8 @@ def predict(
     probabilities: bool,
     buffer: int,
     bands: tuple[int, ...] | None,
-    scale: float,
-    offset: float,
+    scale: float | None,
+    offset: float | None,
     cog: bool,
     skip_existing: bool,
     overwrite: bool,
@@ -241,7 +241,7 @@ def predict(
         loaded = load_model(model, nets=nets, backend=backend, device=device, threads=threads)
         for scene, _ in mine:  # every scene's bands, before any work
             scene_bands(scene, loaded.contract, bands)
-        if out is not None and (len(scenes) > 1 or out.suffix.lower() not in (".tif", ".tiff")):
+        if out is not None and not (len(masks) == 1 and masks[0] == out):
             out.mkdir(parents=True, exist_ok=True)
         for p in stale:
             p.unlink(missing_ok=True)

@@ -11,9 +11,11 @@ checkpoint's SHA-256 and the networks chosen. A graph is used only when it prova
 the checkpoint: the checkpoint's bytes are read and hashed once and the graph is exported from
 those same bytes; a cached graph must match the record written beside it at export (the SHA-256
 of the graph file and of its checkpoint), and a graph that ships beside a checkpoint
-(``starter.onnx`` beside ``starter.pt``) must hold the checkpoint's own weights (its
-initializers that are copies of checkpoint tensors are compared with them, read from the
-checkpoint without PyTorch); any other graph is ignored and re-exported. The graph carries the
+(``starter.onnx`` beside ``starter.pt``) must be named by the checkpoint itself (its
+``onnx_sha256``, recorded by :func:`vouch_for_graph` when it was packaged; the checkpoint's bytes
+are what was hashed) and hold the checkpoint's weights where it keeps their names (compared
+with the checkpoint's tensors, read without PyTorch); any other graph is ignored and
+re-exported. The graph carries the
 checkpoint's data contract in its metadata, so prediction with a cached graph never imports
 PyTorch: start-up takes a fraction of a second and the process stays small.
 """
@@ -465,6 +467,51 @@ def _weights_agree(model: Any, data: bytes, nets: str) -> str | None:
     return None if compared else "it holds no weight to compare with the checkpoint"
 
 
+def _checkpoint_field(data: bytes, key: str) -> Any:
+    """One top-level entry of a checkpoint's bytes, read without PyTorch (None if absent)."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        state = _TensorRefUnpickler(io.BytesIO(z.read(pkl))).load()
+    except Exception:
+        return None
+    return state.get(key) if isinstance(state, dict) else None
+
+
+def check_shipped_graph(graph_bytes: bytes, ckpt_bytes: bytes, nets: str) -> str | None:
+    """None when a graph beside a checkpoint provably belongs to it, else why not: the
+    checkpoint (whose bytes were hashed) names the graph's SHA-256 as its own (``onnx_sha256``,
+    written by :func:`vouch_for_graph`), the graph serves ``nets``, and every weight the graph
+    keeps under its checkpoint name equals the checkpoint's."""
+    model = _parse_graph(graph_bytes)
+    if model is None:
+        return "it is not a readable ONNX graph"
+    meta = _graph_meta(model)
+    if meta.get("graph_version") != str(GRAPH_VERSION) or meta.get("nets", "") != _chosen_nets(
+        meta, nets
+    ):
+        return "it was exported for other networks or by another version"
+    why = _weights_agree(model, ckpt_bytes, nets)
+    if why is not None:
+        return why
+    vouched = _checkpoint_field(ckpt_bytes, "onnx_sha256")
+    if not (isinstance(vouched, dict) and vouched.get("sha256") == bytes_sha256(graph_bytes)):
+        return "the checkpoint does not name this graph (its SHA-256) as its own"
+    return None
+
+
+def vouch_for_graph(ckpt: Path, graph: Path) -> None:
+    """Record in ``ckpt`` the SHA-256 of the graph exported from it and shipped beside it, so
+    prediction may run that graph without PyTorch (see :func:`check_shipped_graph`)."""
+    from cloudcps.models import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(ckpt)
+    for key in ("format", "version", "cloudcps_version"):
+        state.pop(key, None)
+    state["onnx_sha256"] = {"sha256": file_sha256(graph), "file": graph.name}
+    save_checkpoint(ckpt, state)
+
+
 def _record_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".json")
 
@@ -536,7 +583,7 @@ def graph_for(ckpt: Path, nets: str = "both") -> tuple[Path, bytes]:
     beside = ckpt.with_suffix(".onnx")
     if beside.is_file():
         g = beside.read_bytes()
-        why = check_graph(g, data, digest, nets, None)
+        why = check_shipped_graph(g, data, nets)
         if why is None:
             return beside, g
         if "other networks" not in why:

@@ -201,4 +201,11 @@ def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -
 
 
 def dump_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config through a temporary file (a kill leaves the old one whole)."""
+    from cloudcps.io import atomic_file
+
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(CONFIG_HEADER + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+CONFIG_HEADER = "# written by cloudcps train: the resolved options of this run\n"

@@ -44,6 +44,7 @@ from cloudcps.datasets import (
 )
 from cloudcps.devices import pick_device
 from cloudcps.errors import InputError, TrainingDivergedError
+from cloudcps.io import remove_stale_temps
 from cloudcps.locks import RunLock
 from cloudcps.metrics import scores
 from cloudcps.models import (
@@ -394,9 +395,15 @@ def _written_by_train(path: Path) -> bool:
         if path.name == "config.yaml":
             import yaml
 
-            data = yaml.safe_load(path.read_text())
+            from cloudcps.config import CONFIG_HEADER
+
+            text = path.read_text()
+            data = yaml.safe_load(text)
             fields = {f.name for f in dataclasses.fields(_Cfg)}
-            return isinstance(data, dict) and bool(data) and set(data) <= fields
+            if not isinstance(data, dict) or not set(data) <= fields:
+                return False
+            # ours: the header, or (runs before the header) a dump of every option of its day
+            return text.startswith(CONFIG_HEADER) or len(data) >= len(fields) - 12
         if path.name == "tb":
             return path.is_dir() and all(
                 p.is_dir() or p.name.startswith("events.out.tfevents.") for p in path.rglob("*")
@@ -493,6 +500,8 @@ class Trainer:
             created = not self.out.exists()
             self.lock = RunLock(self.out)
             self.lock.acquire()  # one writer per run folder, from here to the end of fit()
+            # what a SIGKILL of an earlier run left (checkpoints, metrics, config being written)
+            remove_stale_temps([self.out / n for n in ("latest.pt", "best.pt", "config.yaml")])
         try:
             if self.rt.main and not resuming and overwrite:
                 owned = self._owned_run_files()  # every file it would replace is checked first
@@ -620,7 +629,18 @@ class Trainer:
                         f"{option} {value} is in --out {out}, which this run writes; train "
                         f"into another --out (e.g. {out}-ft)"
                     )
-        if resuming or not out.is_dir():
+        if not out.is_dir():
+            return
+        for name in ("config.yaml", "tb"):  # rewritten by every run, resumed ones too
+            path = out / name
+            if (path.exists() or path.is_symlink()) and (
+                path.is_symlink() or not _written_by_train(path)
+            ):
+                raise InputError(
+                    f"--out {path} was not written by cloudcps train, which would replace it: "
+                    "move it away or choose another --out"
+                )
+        if resuming:
             return
         has_ckpt = (out / "latest.pt").exists()
         if (has_ckpt or (out / "metrics.jsonl").exists()) and not overwrite:

@@ -26,6 +26,20 @@ from cloudcps.io import _pid_alive
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".cloudcps.lock"
+
+# flock belongs to the open file, which forked children (DataLoader workers) share: they close
+# their copy at once, so a killed run's workers never keep its folder locked
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 _HOST = socket.gethostname() or "host"
 
 
@@ -76,9 +90,13 @@ class RunLock:
                 os.close(fd)
                 raise self._busy() from None
             except (ImportError, OSError) as exc:  # no flock here: an exclusive pid file
+                empty = os.fstat(fd).st_size == 0
                 os.close(fd)
                 if isinstance(exc, OSError) and exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
                     raise
+                if empty:  # the file just opened for flock: no holder's record in it
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
                 self._acquire_pid_file()
                 return
             try:  # the file may have been removed (and re-made) by the holder releasing it
@@ -94,6 +112,7 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.write(fd, self._record().encode())
             self._fd = fd
+            _HELD.add(fd)
             return
         raise self._busy()  # pragma: no cover - 20 lost races in a row
 
@@ -101,17 +120,21 @@ class RunLock:
         return json.dumps({"pid": os.getpid(), "host": _HOST, "since": time.time()})
 
     def _acquire_pid_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
             info = json.loads(self.path.read_text() or "{}")
             if info.get("host") == _HOST and not _pid_alive(int(info.get("pid", 0))):
                 log.info("removed the stale lock %s of pid %s", self.path, info.get("pid"))
                 self.path.unlink()
+        # the record is written first and linked into place, so the lock file is never seen
+        # without its holder (no empty file that would block every later run)
+        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(self._record())
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             raise self._busy() from None
-        os.write(fd, self._record().encode())
-        os.close(fd)
+        finally:
+            tmp.unlink(missing_ok=True)
         self._exclusive_file = True
 
     def release(self) -> None:
@@ -120,6 +143,7 @@ class RunLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
         elif self._exclusive_file:

@@ -115,8 +115,8 @@ class PredictOptions:
     buffer: int = 0
     bands: tuple[int, ...] | None = None
     overwrite: bool = False
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float | None = None  # None: the model's (the tiles' --scale / --offset)
+    offset: float | None = None
     cog: bool = False
 
 
@@ -344,14 +344,18 @@ class Predictor:
         overlap: int | None = None,
         batch_size: int | None = None,
         tta: bool = False,
-        scale: float = 1.0,
-        offset: float = 0.0,
+        scale: float | None = None,
+        offset: float | None = None,
     ) -> None:
-        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
-            raise InputError(f"--scale {scale} must be > 0 and --offset {offset} finite")
         check_window_options(tile_size, overlap, batch_size)
         self.model = as_inference(model, device)
         self.contract: DataContract = self.model.contract
+        # the scaling the tiles were made with, unless overridden
+        scale = self.contract.scale if scale is None else scale
+        offset = self.contract.offset if offset is None else offset
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
+            raise InputError(f"--scale {scale} must be > 0 and --offset {offset} finite")
+        self.scale, self.offset = scale, offset
         self.runner = self.model.runner
         self.tile = tile_size or self.contract.tile_size
         if self.tile < 32 or self.tile % 32 or self.tile > MAX_TILE:
@@ -948,14 +952,14 @@ def predict_scene(
         with reading(ref.name):
             sample = sample_scene(src, bands)
         range_warning = check_value_range(
-            src, bands, contract, opts.scale, opts.offset, sample, ref.name
+            src, bands, contract, predictor.scale, predictor.offset, sample, ref.name
         )
         notes = [range_warning] if range_warning else []
         notes += degenerate_warnings(src, bands, sample, ref.name)
-        if opened.scaled and (opts.scale, opts.offset) != (1.0, 0.0):
+        if opened.scaled and (predictor.scale, predictor.offset) != (1.0, 0.0):
             notes.append(
-                f"{ref.name}: --scale {opts.scale:g} / --offset {opts.offset:g} apply on top of "
-                "the product's own scaling (already reflectance x 10000)"
+                f"{ref.name}: --scale {predictor.scale:g} / --offset {predictor.offset:g} apply "
+                "on top of the product's own scaling (already reflectance x 10000)"
             )
         for note in notes:
             log.warning(note)
@@ -1063,8 +1067,8 @@ def predict_scene(
                 "cog": opts.cog,
                 "tta": opts.tta,
                 "buffer": opts.buffer,
-                "scale": opts.scale,
-                "offset": opts.offset,
+                "scale": predictor.scale,
+                "offset": predictor.offset,
                 "warnings": notes,
                 "seconds": round(seconds, 3),
                 "cloudcps_version": __version__,

@@ -69,7 +69,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
 from cloudcps.errors import InputError
-from cloudcps.io import GDAL_ERRORS, gdal_message, is_virtual_path, open_raster
+from cloudcps.io import GDAL_ERRORS, gdal_message, gdal_name, is_virtual_path, open_raster
 
 NODATA = -32768.0
 """No-data value of the stacked products (reflectance x 10000 never reaches it)."""
@@ -163,9 +163,9 @@ def open_scene(
         scene = _open_band_files([Path(p) for p in band_files])
         scene.record["path"] = str(path)
         return _check_bands(scene, bands)
-    text = str(path)
-    if re.match(r"^(https?|s3|gs)://", text):
-        return _check_bands(_open_stac(text), bands)
+    text = gdal_name(path)  # a URL through click/pathlib lost one slash: https:/host
+    if re.match(r"^https?://", text) and not re.search(r"\.(tif|tiff|vrt|jp2)$", text, re.I):
+        return _check_bands(_open_stac(text), bands)  # a STAC item (API items have no .json)
     p = Path(path)
     if not p.exists() and not is_virtual_path(text):  # /vsizip/... is GDAL's to resolve
         raise InputError(f"scene {p} does not exist; check the path")
@@ -912,7 +912,7 @@ def _open_band_files(files: list[Path]) -> Scene:
             min(map(len, stems)),
         )
     ]
-    product_id = re.sub(r"([_\-. ]+(b|band))?[_\-. ]*$", "", common, flags=re.IGNORECASE)
+    product_id = re.sub(r"([_\-. ]+(b|band)\d*)?[_\-. ]*$", "", common, flags=re.IGNORECASE)
     product_id = product_id or stems[0]
     record = {
         "files": {s.name: s.path for s in sources},
@@ -979,6 +979,11 @@ def as_ref(scene: str | os.PathLike[str] | SceneRef) -> SceneRef:
     return scene if isinstance(scene, SceneRef) else SceneRef(Path(scene))
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether a scene is named by a URL (also after pathlib collapsed its ``//``)."""
+    return bool(re.match(r"^(https?|s3|gs)://", gdal_name(path)))
+
+
 def default_mask_path(scene: str | os.PathLike[str] | SceneRef) -> Path:
     """``<product id>_mask.tif`` beside the scene (what ``cloudcps predict SCENE`` writes): for a
     raster file its name, for a product its id (a ``.SAFE`` folder, its ``.zip``, a Landsat
@@ -993,8 +998,23 @@ def output_paths(
     """One mask per scene: ``out`` for one scene and a .tif name, else ``out/<id>_mask.tif``;
     without ``out``, ``<id>_mask.tif`` beside each scene (:func:`default_mask_path`)."""
     refs = [as_ref(s) for s in scenes]
+    remote = next((r for r in refs if is_url(r.path)), None)
+    if out is None and remote is not None:
+        raise InputError(
+            f"scene {gdal_name(remote.path)} is a URL, so its mask cannot go beside it; give "
+            "--out FOLDER"
+        )
     if out is None:
-        return [default_mask_path(r) for r in refs]
+        paths = [default_mask_path(r) for r in refs]
+        seen: dict[Path, SceneRef] = {}
+        for ref, path in zip(refs, paths, strict=True):
+            if path in seen:  # e.g. X.SAFE and X.zip in one folder
+                raise InputError(
+                    f"{seen[path].name} and {ref.name} would both write {path}; give one of "
+                    "them, or --out FOLDER for each"
+                )
+            seen[path] = ref
+        return paths
     if len(refs) == 1 and out.suffix.lower() in (".tif", ".tiff"):
         return [out]
     if out.suffix.lower() in (".tif", ".tiff"):

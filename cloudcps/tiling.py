@@ -278,6 +278,8 @@ class DataContract:
     std: tuple[float, ...] = IMAGENET_STD
     ignore_index: int = IGNORE_INDEX
     band_names: tuple[str, ...] = BAND_NAMES
+    scale: float = 1.0  # tile --scale / --offset: predict reads scenes with the same
+    offset: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -296,6 +298,7 @@ class DataContract:
             "stretch": self.stretch.to_dict(),
             "normalization": {"scale": 255.0, "mean": list(self.mean), "std": list(self.std)},
             "tile_size": self.tile_size,
+            "scaling": {"scale": self.scale, "offset": self.offset},
         }
 
     @classmethod
@@ -310,6 +313,8 @@ class DataContract:
             mean=tuple(float(v) for v in norm.get("mean", IMAGENET_MEAN)),
             std=tuple(float(v) for v in norm.get("std", IMAGENET_STD)),
             ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
+            scale=float((d.get("scaling") or {}).get("scale", 1.0)),
+            offset=float((d.get("scaling") or {}).get("offset", 0.0)),
         )
 
 
@@ -370,11 +375,8 @@ class TileOptions:
             raise InputError("give either --val or --val-fraction, not both")
         if not 0.0 <= self.min_valid_fraction <= 1.0:
             raise InputError(f"--min-valid {self.min_valid_fraction} must be in [0, 1]")
-        if not (math.isfinite(self.scale) and self.scale != 0 and math.isfinite(self.offset)):
-            raise InputError(
-                f"--scale {self.scale:g} / --offset {self.offset:g}: give finite numbers, a "
-                "scale other than 0"
-            )
+        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.offset)):
+            raise InputError(f"--scale {self.scale} must be > 0 and --offset {self.offset} finite")
         if not (math.isfinite(self.gamma) and 0.1 <= self.gamma <= 10):
             raise InputError(f"--gamma {self.gamma} must be in [0.1, 10]")
         if not 1 <= self.jpeg_quality <= 100:
@@ -1056,9 +1058,13 @@ def tile_scenes(
         stretch = replace(stretch, gamma=opts.gamma)
     contract = DataContract(
         classes=tuple(opts.classes),
-        bands=tuple(opts.bands) if opts.bands else infos[0].bands[:n],
+        # without --bands each scene's R, G, B[, NIR] were picked by its band names (or are a
+        # product's stack): predict does the same, and reads unnamed files as 1, 2, 3[, 4]
+        bands=tuple(opts.bands) if opts.bands else (1, 2, 3, 4)[:n],
         stretch=stretch,
         tile_size=opts.tile_size,
+        scale=opts.scale,
+        offset=opts.offset,
     )
 
     total = sum(len(tile_windows(s.width, s.height, opts.tile_size, opts.overlap)) for s in infos)
@@ -1133,7 +1139,6 @@ def tile_scenes(
                 if is_partial(v)
             },
             "min_valid_fraction": opts.min_valid_fraction,
-            "scaling": {"scale": opts.scale, "offset": opts.offset},
             "options": {
                 "labeled_fraction": opts.labeled_fraction,
                 "val": list(opts.val),

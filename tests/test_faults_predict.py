@@ -253,7 +253,8 @@ def test_tile_reads_a_named_sentinel2_stack_by_its_band_names(tmp_path: Path) ->
     _ok(*args, "--out", tmp_path / "t")
     _ok(*args, "--out", tmp_path / "u", "--bands", "4,3,2,8")
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
-    assert manifest["bands"]["input"] == [4, 3, 2, 8]
+    assert manifest["scenes"][0]["bands"] == [4, 3, 2, 8]  # picked by the names
+    assert manifest["bands"]["input"] == [1, 2, 3, 4]  # what predict reads unnamed files as
     for tile in manifest["tiles"]:  # the same pixels as with --bands 4,3,2,8
         a = (tmp_path / "t" / tile["image"]).read_bytes()
         assert a == (tmp_path / "u" / tile["image"]).read_bytes()
@@ -500,3 +501,27 @@ def test_windows_without_a_valid_pixel_skip_the_network(
     valid = data[0] != 0
     assert np.array_equal(a[valid], b[valid])
     assert (b[~valid] == 255).all()
+
+
+def test_a_graph_beside_the_checkpoint_with_other_fused_weights_is_not_run(
+    own_graph: tuple[Path, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Weights the export fused (Conv + BatchNorm, renamed onnx::Conv_*) cannot be compared with
+    the checkpoint's: a graph beside it runs only when the checkpoint names its SHA-256."""
+    from cloudcps.backends import graph_for, vouch_for_graph
+
+    monkeypatch.setenv("CLOUDCPS_CACHE", str(tmp_path / "cache"))
+    ckpt = _model_copy(own_graph, tmp_path)
+    m = onnx.load_from_string(own_graph[1])
+    fused = next(i for i in m.graph.initializer if not i.name.startswith("nets."))
+    fused.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fused) * 2, fused.name))
+    beside = ckpt.with_suffix(".onnx")
+    beside.write_bytes(m.SerializeToString())
+    assert graph_for(ckpt, "1")[0] != beside
+    assert "does not name this graph" in caplog.text
+    beside.write_bytes(own_graph[1])  # the graph exported from it, named by the checkpoint
+    vouch_for_graph(ckpt, beside)
+    assert graph_for(ckpt, "1")[0] == beside

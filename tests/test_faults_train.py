@@ -221,3 +221,61 @@ def test_init_with_a_file_that_is_not_a_checkpoint(tiles: Path, tmp_path: Path, 
         torch.save({"x": Path("/etc")}, bad)  # a pickle of an arbitrary class
     msg = fails(tmp_path, _train_args(tiles, tmp_path / "run", "--init", str(bad)), bad.name)
     assert "weights_only" not in msg and "best.pt" in msg
+
+
+def test_a_file_system_without_flock_falls_back_to_a_pid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    first = RunLock(tmp_path / "R")
+    first.acquire()
+    with pytest.raises(Exception, match="in use by another cloudcps run"):
+        RunLock(tmp_path / "R").acquire()
+    first.release()
+    assert not (tmp_path / "R" / LOCK_NAME).exists()
+    (tmp_path / "R" / LOCK_NAME).write_text("")  # what a crash between create and write left
+    again = RunLock(tmp_path / "R")
+    again.acquire()
+    again.release()
+
+
+def test_workers_forked_by_a_killed_run_do_not_keep_its_folder_locked(tmp_path: Path) -> None:
+    out = tmp_path / "R"
+    script = (
+        "import os, sys, time; from cloudcps.locks import RunLock; lock = RunLock(sys.argv[1]); "
+        "lock.acquire(); pid = os.fork()\n"
+        "if pid == 0: time.sleep(30); os._exit(0)\n"
+        "print(pid, flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(Exception, match="in use"):
+            RunLock(out).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        lock = RunLock(out)  # the forked child still runs, but holds no lock
+        lock.acquire()
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_foreign_config_in_the_run_folder_is_not_replaced(tiles: Path, tmp_path: Path) -> None:
+    out = tmp_path / "R"
+    out.mkdir()
+    (out / "config.yaml").write_text("# my plan for this run\niters: 5000\nlr: 0.02\n")
+    msg = fails(tmp_path, _train_args(tiles, out), "config.yaml")
+    assert "not written by cloudcps train" in msg

@@ -173,3 +173,102 @@ def test_a_broken_product_is_one_line_and_writes_nothing(
     for cmd in (["predict", *args, "--model", tiny_run], ["tile", *args, "--out", tmp_path / "t"]):
         fails(tmp_path, cmd, expect)
     assert snapshot(tmp_path) == before
+
+
+def test_predict_reads_a_scene_with_the_scaling_its_tiles_were_made_with(
+    tmp_path: Path,
+) -> None:
+    """tile --scale is part of the data contract: predict applies it to the same scene without
+    being told again (a forgotten --offset -1000 used to shift every value)."""
+    from tests.conftest import scene_pair
+
+    data = tmp_path / "data"
+    scene, _ = scene_pair(data, "a", 96, 96)
+    with rasterio.open(scene) as src:
+        profile, dn = src.profile, src.read()
+    profile.update(dtype="float32")
+    unit = tmp_path / "unit" / "a.tif"  # named like its label raster
+    unit.parent.mkdir()
+    with rasterio.open(unit, "w", **profile) as dst:  # the same scene as reflectance 0-1
+        dst.write((dn / 10000).astype(np.float32))
+    tiles = tmp_path / "tiles"
+    args = ["tile", unit, "--label-dir", data / "labels", "--label-map", "128:0,255:1,192:2,64:3"]
+    r = run(*args, "--scale", "10000", "--tile-size", "64", "--out", tiles)
+    assert r.exit_code == 0, r.output
+    from tests.test_faults import _train_args
+
+    r = run(*_train_args(tiles, tmp_path / "run"))
+    assert r.exit_code == 0, r.output
+    r = run("predict", unit, "--model", tmp_path / "run", "--out", tmp_path / "m.tif")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["scale"] == 10000.0 and report["offset"] == 0.0
+    assert not any("scale the values" in w for w in report["warnings"])
+
+
+def test_two_products_with_one_mask_name_are_refused_before_any_work(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    product = sentinel2_safe(tmp_path / "dl", "L2A")  # the SAFE folder and its zip, side by side
+    msg = fails(tmp_path, ["predict", product.path, product.files["zip"], "--model", tiny_run],
+                "would both write")  # fmt: skip
+    assert product.product_id in msg
+
+
+def test_a_mask_of_an_earlier_run_among_the_scenes_with_a_file_out(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import scene_pair
+
+    scene = scene_pair(tmp_path, "a", 64, 64)[0]
+    assert run("predict", scene, "--model", tiny_run).exit_code == 0
+    mask = scene.with_name("a_mask.tif")
+    r = run("predict", scene, mask, "--model", tiny_run, "--out", tmp_path / "r.tif")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.tif").is_file()  # a mask, not a folder
+
+
+def test_a_stac_item_by_url(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STAC item on a server (a local one, in its own process: GDAL holds the interpreter
+    while it reads), its assets read through GDAL's /vsicurl/."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    product = stac_item(tmp_path / "served")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=product.path.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/{product.path.name}"
+    try:
+        for _ in range(100):  # until it answers
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.skip("a local HTTP server could not be reached on this machine")
+        fails(tmp_path, ["predict", url, "--model", tiny_run], "give --out FOLDER")
+        r = run("predict", url, "--model", tiny_run, "--out", tmp_path / "m")
+        assert r.exit_code == 0, r.output
+        stacked = product.stacked(tmp_path / "stacked" / "stacked.tif")
+        r = run("predict", stacked, "--model", tiny_run, "--out", tmp_path / "ref")
+        assert r.exit_code == 0, r.output
+        mask = tmp_path / "m" / f"{product.product_id}_mask.tif"
+        assert _agree(mask, tmp_path / "ref" / "stacked_mask.tif") >= 0.995
+    finally:
+        server.kill()
+        server.wait(timeout=30)
