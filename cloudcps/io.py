@@ -346,10 +346,26 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 @contextlib.contextmanager
 def writing(out: Path, option: str = "--out") -> Iterator[None]:
-    """Name the output when the disk fills up while it is written: a real ENOSPC names one of
-    the hidden temporary files (or nothing at all), which tells the user little."""
+    """Name the output when writing it fails: a real ENOSPC names one of the hidden temporary
+    files (or nothing at all), and GDAL reports a full disk as "write error at scanline", which
+    reads like a damaged input; with little space left, that is a full disk too."""
     try:
         yield
+    except (RasterioError, *GDAL_ERRORS) as exc:  # before OSError: RasterioIOError is one
+        folder = out.parent if str(out.parent) else Path(".")
+        try:
+            free: int | None = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if free is not None and free < LOW_SPACE:
+            raise CloudCPSError(
+                f"no space left on the device while writing {option} {out} ({free >> 10} KiB "
+                f"free in {folder}); free some space or choose another {option}"
+            ) from None
+        raise CloudCPSError(
+            f"could not write {option} {out} ({gdal_message(exc)}); check the disk, or choose "
+            f"another {option}"
+        ) from None
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise
@@ -357,6 +373,9 @@ def writing(out: Path, option: str = "--out") -> Iterator[None]:
             f"no space left on the device while writing {option} {out} "
             f"({exc.strerror or 'disk full'}); free some space or choose another {option}"
         ) from None
+
+
+LOW_SPACE = 16 << 20  # bytes: a GDAL write error with less than this left means a full disk
 
 
 def _tmp_sibling(path: Path) -> Path:

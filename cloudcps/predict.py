@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,9 +55,9 @@ from cloudcps.io import (
     GDAL_ERRORS,
     atomic_file,
     check_output_file,
-    gdal_message,
     read_valid_mask,
     reading,
+    writing,
 )
 from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: were here)
     Scene,
@@ -849,29 +848,6 @@ def quiet_libtiff() -> None:
 
 
 _LIBTIFF_QUIET = False
-LOW_SPACE = 16 << 20  # bytes: a GDAL write error with less than this left means a full disk
-
-
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Name the output when GDAL fails to write it (a full disk, a file system that refuses the
-    file), instead of GDAL's "write error at scanline" that reads like a damaged input."""
-    try:
-        yield
-    except (rasterio.errors.RasterioError, *GDAL_ERRORS) as exc:
-        folder = path.parent if str(path.parent) else Path(".")
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
-            free = None
-        if free is not None and free < LOW_SPACE:
-            raise InputError(
-                f"could not write {path}: no space left on the disk ({free >> 10} KiB free in "
-                f"{folder}); free some space or choose another --out"
-            ) from None
-        raise InputError(
-            f"could not write {path} ({gdal_message(exc)}); check the disk, or choose another --out"
-        ) from None
 
 
 def no_valid_pixel_warning(name: str) -> str:
@@ -997,7 +973,7 @@ def predict_scene(
                 else tmp_proba
             )
             try:
-                with writing(mask_p):
+                with writing(mask_p, "mask"):
                     with rasterio.open(
                         raw_mask, "w", count=1, dtype="uint8", nodata=NODATA, **profile
                     ) as dst:
