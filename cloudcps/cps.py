@@ -44,7 +44,7 @@ from cloudcps.datasets import (
 )
 from cloudcps.devices import pick_device
 from cloudcps.errors import InputError, TrainingDivergedError
-from cloudcps.io import remove_stale_temps
+from cloudcps.io import check_folder_path, contains, remove_stale_temps
 from cloudcps.locks import RunLock
 from cloudcps.metrics import scores
 from cloudcps.models import (
@@ -369,12 +369,6 @@ def set_train_mode(net: nn.Module, encoder_norm: str) -> None:
 RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml", "tb")
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies in it (symlinks resolved)."""
-    p, f = Path(path).resolve(), Path(folder).resolve()
-    return p == f or f in p.parents
-
-
 def _written_by_train(path: Path) -> bool:
     """Whether a run file was written by cloudcps train (checked by content, not name)."""
     from cloudcps.config import TrainConfig as _Cfg
@@ -600,13 +594,9 @@ class Trainer:
         out, cfg = self.out, self.cfg
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file; give a folder for the run")
-        for parent in out.absolute().parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise InputError(f"--out {out}: {parent} is a file, not a folder")
-                break
+        check_folder_path(out)
         for option, value in (("--data", cfg.data), ("--voc", cfg.voc)):
-            if value is not None and (_inside(Path(value), out) or _inside(out, Path(value))):
+            if value is not None and (contains(out, Path(value)) or contains(Path(value), out)):
                 raise InputError(
                     f"--out {out} and {option} {value} overlap; the run would write into its "
                     f"input (or the input into the run): choose an --out outside {option}"
@@ -617,7 +607,7 @@ class Trainer:
                 if value is None or value in ("default", "imagenet", "none"):
                     continue
                 given = Path(value)
-                if given.is_dir() and _inside(given, out) and _inside(out, given):
+                if given.is_dir() and given.resolve() == out.resolve():
                     hit = True
                 else:
                     hit = given.absolute() in replaced or (

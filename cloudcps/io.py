@@ -170,9 +170,21 @@ OUTPUT_LAYOUTS: dict[str, tuple[str, frozenset[str]]] = {
 }
 
 
-def _contains(folder: Path, path: Path) -> bool:
-    f, p = folder.resolve(), Path(path).resolve()
+def contains(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (symlinks resolved)."""
+    f, p = Path(folder).resolve(), Path(path).resolve()
     return f == p or f in p.parents
+
+
+def check_folder_path(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that is a file or lies under one."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is a file; give a folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
+            break
 
 
 def check_out_dir(
@@ -182,15 +194,9 @@ def check_out_dir(
     already exists without ``overwrite``; with ``overwrite`` accept only a folder that cloudcps
     wrote (the layout of ``kind`` and nothing else)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{option} {path} is a file; give a folder")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{option} {path}: {parent} is a file, not a folder")
-            break
+    check_folder_path(path, option)
     for inp in inputs:
-        if _contains(path, Path(inp)):
+        if contains(path, Path(inp)):
             raise InputError(
                 f"{option} {path} holds the input {inp}; cloudcps never replaces its inputs: "
                 f"choose another {option}"

@@ -866,13 +866,8 @@ def scene_bands(
     """Open a scene and resolve the bands that feed the model (:func:`resolve_bands`): the
     checks :func:`predict_scene` makes, to make them for every scene before any work."""
     ref = as_ref(scene)
-    with rasterio.Env(**GDAL_ENV), ref.open(_product_bands(ref, bands)) as opened:
+    with rasterio.Env(**GDAL_ENV), ref.open(bands) as opened:
         return _bands_of(opened, ref, contract, bands)
-
-
-def _product_bands(ref: SceneRef, bands: Sequence[int] | None) -> tuple[int, ...] | None:
-    """``--bands`` goes to a raster; a product picks its own (and refuses others)."""
-    return tuple(bands) if bands is not None else None
 
 
 def _bands_of(
@@ -922,7 +917,7 @@ def predict_scene(
         opts.offset,
     )
     quiet_libtiff()
-    with rasterio.Env(**GDAL_ENV), ref.open(_product_bands(ref, opts.bands)) as opened:
+    with rasterio.Env(**GDAL_ENV), ref.open(opts.bands) as opened:
         src = opened.dataset
         bands = _bands_of(opened, ref, contract, opts.bands)
         with reading(ref.name):

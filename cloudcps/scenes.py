@@ -942,8 +942,9 @@ class SceneRef:
     band_files: tuple[Path, ...] | None = None
     product_id: str = ""
 
-    def open(self, bands: tuple[int, ...] | None = None) -> Scene:
-        return open_scene(self.path, bands=bands, band_files=self.band_files)
+    def open(self, bands: Sequence[int] | None = None) -> Scene:
+        given = tuple(bands) if bands is not None else None
+        return open_scene(self.path, bands=given, band_files=self.band_files)
 
     @property
     def name(self) -> str:
