@@ -540,13 +540,10 @@ def _read_record(graph: Path) -> dict[str, Any]:
     return rec if isinstance(rec, dict) else {}
 
 
-def check_graph(
-    graph_bytes: bytes, ckpt_bytes: bytes, digest: str, nets: str, record: dict[str, Any] | None
-) -> str | None:
-    """None when a graph provably comes from the checkpoint (``ckpt_bytes``, of SHA-256
-    ``digest``) with networks ``nets``, else why not. A cached graph (``record`` given: what
-    was written beside it at export) must be the file that was written; a graph without a
-    record must hold the checkpoint's weights."""
+def check_graph(graph_bytes: bytes, digest: str, nets: str, record: dict[str, Any]) -> str | None:
+    """None when a cached graph provably comes from the checkpoint of SHA-256 ``digest`` with
+    networks ``nets``, else why not: it must be the very file written at export (``record``,
+    written beside it then, holds its SHA-256) and name that checkpoint."""
     model = _parse_graph(graph_bytes)
     if model is None:
         return "it is not a readable ONNX graph"
@@ -555,15 +552,11 @@ def check_graph(
         if meta.get("checkpoint_sha256") != digest:
             return "it was exported from another checkpoint"
         return "it was exported for other networks or by another version"
-    if record is not None:
-        if record.get("graph_sha256") != bytes_sha256(graph_bytes):
-            return (
-                "it is not the file cloudcps exported there (its SHA-256 is not the recorded one)"
-            )
-        if record.get("checkpoint_sha256") != digest:
-            return "its record names another checkpoint"
-        return None
-    return _weights_agree(model, ckpt_bytes, nets)
+    if record.get("graph_sha256") != bytes_sha256(graph_bytes):
+        return "it is not the file cloudcps exported there (its SHA-256 is not the recorded one)"
+    if record.get("checkpoint_sha256") != digest:
+        return "its record names another checkpoint"
+    return None
 
 
 def onnx_graph(ckpt: Path, nets: str = "both") -> Path:
@@ -596,7 +589,7 @@ def graph_for(ckpt: Path, nets: str = "both") -> tuple[Path, bytes]:
     cached = cache_dir() / "onnx" / f"{digest[:24]}-nets{nets}-g{GRAPH_VERSION}.onnx"
     if cached.is_file():
         g = cached.read_bytes()
-        why = check_graph(g, data, digest, nets, _read_record(cached))
+        why = check_graph(g, digest, nets, _read_record(cached))
         if why is None:
             return cached, g
         log.warning("re-exporting the cached graph %s: %s", cached, why)
