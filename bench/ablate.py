@@ -43,8 +43,10 @@ def data_variant(name: str) -> Path:
     """A view of the starter tiles with other split lists (symlinked images, own splits)."""
     if name == "l8ocn":
         return STARTER_TILES
-    if name in ("v2", "v3"):  # v2: + cloud-free L8 scenes (--clear), + Betsiboka unlabelled;
-        from starter import WORK as STARTER_WORK  # v3: + On Cloud N labels screened
+    # v2: + cloud-free L8 scenes (--clear), + Betsiboka unlabelled; v3: + On Cloud N labels
+    # screened; v4: + the desert tile's west half as clear ground
+    if name in ("v2", "v3", "v4"):
+        from starter import WORK as STARTER_WORK
         from starter import prepare
 
         return prepare(STARTER_WORK, name)
@@ -144,6 +146,7 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
         "final": evalsets.headline(s_final),
         "final_scores": s_final,
     }
+    out.update(extras(latest))
     best = Path(cfg.out) / "best.pt"
     if best.exists():
         out["best"] = evalsets.headline(evalsets.score_model(best))
@@ -152,6 +155,73 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
     results[key] = out
     results_path.write_text(json.dumps(results, indent=1))
     return out
+
+
+def extras(model: str | Path) -> dict[str, Any]:
+    """False cloud on clear ground and the window checks of one model (evalsets)."""
+    return {
+        "clear": evalsets.clear_ground(evalsets.model_predictor(model)),
+        "window": evalsets.window_checks(model),
+    }
+
+
+def floors_clear() -> dict[str, Any]:
+    """The floors' false cloud on clear ground (cached): the rule at both thresholds and
+    ukis-csmask (4 bands: L1C for L8 Biome, L2A for the desert)."""
+    import rasterio
+
+    path = WORK / "floors_clear.json"
+    if path.exists():
+        cached: dict[str, Any] = json.loads(path.read_text())
+        return cached
+    fl = evalsets.floors(WORK)
+    out = {
+        f"rule t={t:g}": evalsets.clear_ground(evalsets.rule_predictor(t), "2")
+        for t in (fl["rule"]["threshold"], 2000.0)
+    }
+    from peers import run_ukis
+
+    def ukis(path: Path) -> Any:
+        with rasterio.open(path) as src:
+            level = "l2a" if "l2a" in path.name else "l1c"
+            return run_ukis(src.read([1, 2, 3, 4]), product_level=level)
+
+    out["ukis-csmask"] = evalsets.clear_ground(ukis, "3")
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def add_extras() -> None:
+    """Fill in the clear-ground and window numbers of finished runs scored before they existed,
+    and of the shipped model (key ``shipped``)."""
+    from cloudcps.models import default_model_path
+
+    results_path = WORK / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for key, r in results.items():
+        if "clear" not in r:
+            r.update(extras(WORK / "runs" / key / "latest.pt"))
+            results_path.write_text(json.dumps(results, indent=1))
+            print("extras", key, flush=True)
+    shipped = WORK / "shipped.json"
+    if not shipped.exists():
+        model = default_model_path()
+        rec = {"final": evalsets.headline(evalsets.score_model(model)), **extras(model)}
+        shipped.write_text(json.dumps(rec, indent=1))
+    floors_clear()
+
+
+def by_run(
+    results: dict[str, dict[str, Any]], names: list[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Results grouped by run name (the seeds of one setting together), optionally only
+    ``names``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, r in results.items():
+        name = key.rsplit("-s", 1)[0]
+        if not names or name in names:
+            groups.setdefault(name, []).append(r)
+    return groups
 
 
 COLS = ["l8-4 mIoU", "l8-3 mIoU", "l8 cloud", "ocn cloud", "scr-4 mIoU", "scr thin", "scr shadow"]
@@ -176,12 +246,7 @@ def table(names: list[str] | None = None) -> str:
         h = evalsets.headline(f["scores"])
         cells = ["-" if h[c] is None else f"{h[c]:.1f}" for c in COLS]
         lines.append(f"| {label} | | | " + " | ".join(cells) + " | | |")
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for key, r in results.items():
-        groups.setdefault(key.rsplit("-s", 1)[0], []).append(r)
-    for name, rs in groups.items():
-        if names and name not in names:
-            continue
+    for name, rs in by_run(results, names).items():
         change = ", ".join(
             f"{k}={v}" for k, v in rs[0]["settings"].items() if BASE.get(k) != v and k != "data"
         )
@@ -206,9 +271,89 @@ def table(names: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+LEVER_COLS = [
+    "l8-4 mIoU", "l8-3 mIoU", "l8 cloud", "l8 shadow", "ocn cloud", "ocn @256", "agree",
+    "scr-4 mIoU", "scr thin", "scr shadow", "desert", "desert east",
+]  # fmt: skip
+PATCHES = (
+    "GrassCrops_01_0413",
+    "Urban_03_0619",
+    "Water_11_0728",
+    "Forest_00_1008",
+    "Shrubland_01_0508",
+)  # fmt: skip  (L8 Biome val patches with >= 10,000 clear pixels)
+
+
+def _lever_cells(final: dict[str, Any] | None, r: dict[str, Any]) -> dict[str, float | None]:
+    w, c = r.get("window", {}), r.get("clear", {})
+    cells: dict[str, float | None] = dict(final or {})
+    cells.update(
+        {
+            "ocn @256": w.get("ocn cloud @256"),
+            "agree": w.get("betsiboka agree 256/1024"),
+            "desert": c.get("desert outside"),
+            "desert east": c.get("desert east"),
+        }
+    )
+    if final is not None and "ocn cloud @1024" in w:
+        cells["ocn cloud"] = w["ocn cloud @1024"]
+    for p in PATCHES:
+        cells[p] = c.get("l8 val clear patches", {}).get(p, {}).get("false_cloud")
+    return cells
+
+
+def lever_table(names: list[str] | None = None) -> str:
+    """Issue 22's table: every val set, the window checks and false cloud on clear ground
+    (desert tile outside its corner; per L8 Biome val patch, % of clear pixels called cloud)."""
+    import statistics
+
+    results = json.loads((WORK / "results.json").read_text())
+    fl, flc = evalsets.floors(WORK), floors_clear()
+    cols = LEVER_COLS + [f"fc {p.split('_')[0]}" for p in PATCHES]
+    lines = [
+        "| model | seeds | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+
+    def row(label: str, recs: list[dict[str, float | None]]) -> str:
+        out = []
+        for key in LEVER_COLS + list(PATCHES):
+            v = [r[key] for r in recs if r.get(key) is not None]
+            if not v:
+                out.append("-")
+                continue
+            m = statistics.mean(v)  # type: ignore[type-var]
+            sd = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""  # type: ignore[type-var]
+            out.append(f"{m:.1f}{sd}")
+        return f"| {label} | {len(recs)} | " + " | ".join(out) + " |"
+
+    t = fl["rule"]["threshold"]
+    for label, key, ckey in (
+        (f"rule t = {t:g} (fitted)", "rule", f"rule t={t:g}"),
+        ("rule t = 2000", "rule-2000", "rule t=2000"),
+        ("ukis-csmask (4 bands)", "ukis-csmask", "ukis-csmask"),
+    ):
+        if key in fl:
+            lines.append(
+                row(
+                    label,
+                    [_lever_cells(evalsets.headline(fl[key]["scores"]), {"clear": flc[ckey]})],
+                )
+            )
+    shipped = WORK / "shipped.json"
+    if shipped.exists():
+        rec = json.loads(shipped.read_text())
+        lines.append(row("**shipped starter v2** (defaults)", [_lever_cells(rec["final"], rec)]))
+    for name, rs in by_run(results, names).items():
+        if not all("clear" in r for r in rs):
+            continue
+        lines.append(row(name, [_lever_cells(r["final"], r) for r in rs]))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["run", "table", "floors"])
+    ap.add_argument("what", choices=["run", "table", "levers", "floors", "extras"])
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--data", default="l8ocn")
@@ -224,6 +369,10 @@ def main() -> None:
             args.name, {k: parse_value(v) for k, v in overrides.items()}, args.data, args.seed
         )
         print(args.name, json.dumps(out["final"]), "curve", out["curve_l8_val4"], flush=True)
+    elif args.what == "levers":
+        print(lever_table(args.names.split(",") if args.names else None))
+    elif args.what == "extras":
+        add_extras()
     elif args.what == "floors":
         print(
             json.dumps(

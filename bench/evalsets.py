@@ -148,6 +148,84 @@ def score_model(model: str | Path, nets: str = "1", tta: bool = False) -> dict[s
 
 
 # --------------------------------------------------------------------------------------------
+# Clear ground and the prediction window (issue 22): what the val averages hide
+# --------------------------------------------------------------------------------------------
+
+DESERT = SHARED / "scenes" / "s2_l2a_29RKH_desert_rgbn.tif"
+BETSIBOKA = SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif"
+# training may use the desert's west half as known-clear ground (bench/starter.py protocol v4);
+# its east half outside the cloudy corner stays held out
+DESERT_TRAIN_COLS = 0.5
+
+
+def desert_regions(h: int, w: int) -> dict[str, np.ndarray]:
+    """The desert tile outside its cloudy corner (top 30 % x right 40 %), and the part of that
+    east of the columns training may see."""
+    outside = np.ones((h, w), bool)
+    outside[: int(0.3 * h), int(0.6 * w) :] = False
+    east = outside.copy()
+    east[:, : int(DESERT_TRAIN_COLS * w)] = False
+    return {"outside": outside, "east": east}
+
+
+def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
+    """False cloud on clear ground: the desert tile's share of valid pixels called cloud
+    (outside its corner, and its held-out east part), and per L8 Biome val patch the share of
+    pixels labelled clear that are called cloud (thick or thin; shadow is not cloud)."""
+    import rasterio
+
+    cloud_codes = {"4": (1, 2), "3": (1,), "2": (1,)}[kind]
+    out: dict[str, Any] = {}
+    with rasterio.open(DESERT) as src:
+        valid = np.all(src.read([1, 2, 3]) > 0, axis=0)
+    pred = fn(DESERT)
+    cloud = np.isin(pred, cloud_codes)
+    for name, region in desert_regions(*pred.shape).items():
+        m = region & valid
+        out[f"desert {name}"] = round(100 * float(cloud[m].mean()), 2)
+    patches: dict[str, Any] = {}
+    for (img, _), ref in zip(val_sets()["l8"], references()["l8"], strict=True):
+        clear = ref == 0
+        p = fn(img)
+        n = int(clear.sum())
+        share = float(np.isin(p[clear], cloud_codes).mean()) if n else None
+        patches[img.stem] = {
+            "clear_pixels": n,
+            "false_cloud": None if share is None else round(100 * share, 1),
+        }
+    out["l8 val clear patches"] = patches
+    return out
+
+
+def window_checks(model: str | Path, nets: str = "1") -> dict[str, Any]:
+    """The mask's dependence on the prediction window: On Cloud N val cloud IoU at 256 and 1024
+    px windows, and the share of the Betsiboka scene's pixels on which the two masks agree."""
+    import rasterio
+    import torch
+
+    from cloudcps.models import load_for_inference
+    from cloudcps.predict import ArraySink, Predictor, RasterSource
+
+    loaded = load_for_inference(model, nets=nets)
+    out: dict[str, Any] = {}
+    masks = {}
+    for tile in (256, 1024):
+        pred = Predictor(loaded, torch.device("cpu"), tile_size=tile)
+
+        def run(path: Path, pred: Predictor = pred) -> np.ndarray:
+            with rasterio.open(path) as src:
+                sink = ArraySink(src.height, src.width, loaded.contract.num_classes, False)
+                pred.run(RasterSource(src, [1, 2, 3]), sink)
+            return sink.classes
+
+        s = scores(confusions(predict_sets(run, ("ocn",)), "4"))
+        out[f"ocn cloud @{tile}"] = round(100 * s["ocn-2"]["iou"][1], 1)
+        masks[tile] = run(BETSIBOKA)
+    out["betsiboka agree 256/1024"] = round(100 * float((masks[256] == masks[1024]).mean()), 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # The brightness rule
 # --------------------------------------------------------------------------------------------
 

@@ -119,6 +119,31 @@ def screen_coarse_labels(images: list[Path], label_dir: Path) -> dict[str, dict[
     return out
 
 
+def desert_clear_part(work: Path) -> Path:
+    """The west half of the desert tile (100 m, EPSG:32629), known clear: bright ground that is
+    not cloud. ESA's scene classification (SCL.tif) marks none of it cloud or shadow and 0.1 %
+    "cirrus" (bright pans; none visible); the tile's cloud is in its north-east corner, and its
+    east half stays held out for the false-cloud score (bench/evalsets.py)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    out = work / "desert_west_clear.tif"
+    if out.exists():
+        return out
+    with rasterio.open(evalsets.DESERT) as src:
+        cols = int(evalsets.DESERT_TRAIN_COLS * src.width)
+        win = Window(0, 0, cols, src.height)
+        profile = {**src.profile, "width": cols, "transform": src.window_transform(win)}
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+        profile["tiled"] = False
+        data = src.read(window=win)
+    work.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+    return out
+
+
 def prepare(work: Path, protocol: str = "v3") -> Path:
     """Tile every labelled patch/chip, the unlabelled scenes and the L8 Biome val patches (val).
 
@@ -145,7 +170,7 @@ def prepare(work: Path, protocol: str = "v3") -> Path:
     ]
     args = []
     ocn_labels = SHARED / "oncloudn_train" / "labels"
-    if protocol == "v3":
+    if protocol in ("v3", "v4"):
         screen = screen_coarse_labels(ocn, ocn_labels)
         (work / "ocn_screen.json").write_text(json.dumps(screen, indent=1))
         ocn_labels = work / "ocn_labels_kept"
@@ -154,10 +179,12 @@ def prepare(work: Path, protocol: str = "v3") -> Path:
             link = ocn_labels / f"{name}.tif"
             if rec["keep"] and not link.exists():
                 link.symlink_to(SHARED / "oncloudn_train" / "labels" / f"{name}.tif")
-    if protocol in ("v2", "v3"):
+    if protocol in ("v2", "v3", "v4"):
         scenes.append(SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif")
         for name in CLEAR_SCENES:
             args += ["--clear", str(SHARED / "scenes" / name)]
+    if protocol == "v4":  # hard ground: bright desert known to be clear
+        args += ["--clear", str(desert_clear_part(work))]
         args += ["--bands", "1,2,3"]
     args += [str(p) for p in l8_train + l8_val + ocn + scenes]
     for d in ("l8biome/train/masks", "l8biome/val/masks"):
@@ -487,7 +514,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--synthetic", type=float, default=STARTER_SYNTHETIC)
-    ap.add_argument("--protocol", choices=["v1", "v2", "v3"], default="v3")
+    ap.add_argument("--protocol", choices=["v1", "v2", "v3", "v4"], default="v3")
     ap.add_argument("--only", help="table: only runs whose name holds this")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--note", default="")

@@ -25,7 +25,12 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Run folder.  [default: run]")
 @click.option("--mode", type=click.Choice(["cps", "supervised"]), help="[default: cps]")
 @click.option("--iters", type=int, help="Training iterations.  [default: 2000]")
-@click.option("--arch", help="smp architecture.  [default: deeplabv3plus]")
+@click.option(
+    "--arch",
+    help="smp architecture (deeplabv3plus, unet, fpn, ...), or deeplabv3plus-local: DeepLabV3+ "
+    "whose image pooling averages a fixed ~144 px neighbourhood instead of the whole window, so "
+    "masks do not change with the prediction window.  [default: deeplabv3plus]",
+)
 @click.option("--encoder", help="smp encoder.  [default: tu-efficientnet_lite0]")
 @click.option(
     "--encoder-weights",
@@ -56,7 +61,7 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 )
 @click.option(
     "--pseudo-labels",
-    type=click.Choice(["plain", "threshold", "adaptive"]),
+    type=click.Choice(["plain", "threshold", "adaptive", "aligned"]),
     help="Which pseudo-labels the CPS term trains on.  [default: adaptive]",
 )
 @click.option(
@@ -73,6 +78,19 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     type=float,
     help="Share (0-1) of the labelled samples that get synthetic clouds and shadows laid over "
     "their real image, the label following the layer; drawn from --seed.  [default: 0]",
+)
+@click.option(
+    "--paste-clouds",
+    type=float,
+    help="Share (0-1) of the labelled samples that get a real cloud cut from another labelled "
+    "tile (soft edges, its shadow cast) pasted over their image, the label following the "
+    "pasted pixels; drawn from --seed.  [default: 0]",
+)
+@click.option(
+    "--synthetic-thin-alpha",
+    type=float,
+    help="Opacity from which a synthetic layer is labelled thin cloud (fainter haze keeps the "
+    "ground's label).  [default: 0.04, calibrated on L8 Biome]",
 )
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="[default: sgd]")
 @click.option(

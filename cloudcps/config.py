@@ -16,7 +16,7 @@ import yaml
 from cloudcps.errors import InputError, first_line
 
 Mode = Literal["cps", "supervised"]
-Policy = Literal["plain", "threshold", "adaptive"]
+Policy = Literal["plain", "threshold", "adaptive", "aligned"]
 Optimizer = Literal["sgd", "adamw"]
 EncoderNorm = Literal["batch", "frozen"]
 
@@ -51,6 +51,8 @@ class TrainConfig:
     class_weights: str = "none"
     pool_labeled: bool = False
     synthetic_clouds: float = 0.0
+    synthetic_thin_alpha: float = 0.04
+    paste_clouds: float = 0.0
     batch_size: int = 8
     crop: int = 512
     scale_min: float = 0.5
@@ -76,6 +78,9 @@ class TrainConfig:
             raise InputError("give exactly one of --data (a tile folder) or --voc (VOC root)")
         if self.voc is not None and not self.voc_split:
             raise InputError("--voc needs --voc-split (a name such as 1-8, or a list file)")
+        from cloudcps.synclouds import LayerThresholds
+
+        thick_alpha = LayerThresholds.thick_alpha
         checks = [
             (self.iters >= 1, f"--iters {self.iters} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
@@ -87,6 +92,15 @@ class TrainConfig:
             (
                 0 <= self.synthetic_clouds <= 1,
                 f"--synthetic-clouds {self.synthetic_clouds} must be a share in [0, 1]",
+            ),
+            (
+                0 < self.synthetic_thin_alpha < thick_alpha,
+                f"--synthetic-thin-alpha {self.synthetic_thin_alpha} must be in "
+                f"(0, {thick_alpha}) (below the thick-cloud opacity)",
+            ),
+            (
+                0 <= self.paste_clouds <= 1,
+                f"--paste-clouds {self.paste_clouds} must be a share in [0, 1]",
             ),
             (0 <= self.cps_rampup <= 1, f"--cps-rampup {self.cps_rampup} must be in [0, 1]"),
             (0 < self.threshold < 1, f"--threshold {self.threshold} must be in (0, 1)"),

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from cloudcps.datasets import (
     VOC,
     Augment,
     InfiniteSampler,
+    Item,
     SegmentationDataset,
     TileFolder,
     label_class_counts,
@@ -54,6 +55,7 @@ from cloudcps.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from cloudcps.pasteclouds import PastedClouds, cloud_bank
 from cloudcps.pseudo import (
     PseudoLabelPolicy,
     balanced_class_weights,
@@ -63,7 +65,7 @@ from cloudcps.pseudo import (
     restrict_to_labels,
     supervised_loss,
 )
-from cloudcps.synclouds import CLOUD_CLASSES, SyntheticClouds
+from cloudcps.synclouds import CLOUD_CLASSES, LayerThresholds, SyntheticClouds
 from cloudcps.tiling import DataContract, is_partial, partial_classes
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,26 @@ class TrainData:
     source: str
 
 
+def _pasted_clouds(
+    cfg: TrainConfig, contract: DataContract, items: Sequence[Item], source: str
+) -> PastedClouds:
+    """``--paste-clouds``: the bank is every labelled item with some, not only, cloud."""
+    if tuple(contract.classes) != CLOUD_CLASSES:
+        raise InputError(
+            f"--paste-clouds needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
+            f"{', '.join(contract.classes)}: pass --paste-clouds 0"
+        )
+    reader = SegmentationDataset(items, None, True)
+    bank = cloud_bank([reader.load(i)[1] if it.label else None for i, it in enumerate(items)])
+    if not bank:
+        raise InputError(
+            f"--paste-clouds: no labelled tile of {source} has cloud on 2-90 % of its pixels to "
+            "cut clouds from; label some cloudy tiles or pass --paste-clouds 0"
+        )
+    log.info("pasted clouds: cut from %d of %d labelled tiles", len(bank), len(items))
+    return PastedClouds(cfg.paste_clouds, contract.stretch, bank)
+
+
 def build_data(cfg: TrainConfig) -> TrainData:
     """Datasets of a tile folder (``cfg.data``) or of PASCAL VOC (``cfg.voc``)."""
     aug = Augment(cfg.crop, cfg.scale_min, cfg.scale_max)
@@ -182,12 +204,22 @@ def build_data(cfg: TrainConfig) -> TrainData:
                 f"--synthetic-clouds needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
                 f"{', '.join(contract.classes)}: pass --synthetic-clouds 0"
             )
-        synthetic = SyntheticClouds(cfg.synthetic_clouds, contract.stretch)
+        synthetic = SyntheticClouds(
+            cfg.synthetic_clouds,
+            contract.stretch,
+            LayerThresholds(thin_alpha=cfg.synthetic_thin_alpha),
+        )
+    paste = None
+    if cfg.paste_clouds > 0:
+        paste = _pasted_clouds(cfg, contract, lab_items, source)
     calibration_aug = Augment(min(cfg.crop, contract.tile_size), 1.0, 1.0)
+    labeled = SegmentationDataset(lab_items, aug, True, mean, std, k, synthetic, paste)
     return TrainData(
         contract=contract,
-        labeled=SegmentationDataset(lab_items, aug, True, mean, std, k, synthetic),
-        calibration=SegmentationDataset(lab_items, calibration_aug, True, mean, std, k, synthetic),
+        labeled=labeled,
+        calibration=SegmentationDataset(
+            lab_items, calibration_aug, True, mean, std, k, synthetic, paste
+        ),
         unlabeled=SegmentationDataset(unl_items, aug, True, mean, std, k) if unl_items else None,
         val=SegmentationDataset(val_items, None, True, mean, std, k) if val_items else None,
         source=source,
@@ -567,7 +599,7 @@ class Trainer:
             return None
         if spec == "auto":
             ds = self.data.labeled
-            if ds.synthetic is not None:
+            if ds.synthetic is not None or ds.paste is not None:
                 # the loss sees the composites' labels, not the label files: count those
                 sampler = iter(InfiniteSampler(len(ds), seed=self.cfg.seed * 1000 + 5))
                 total = torch.zeros(self.k, dtype=torch.float64)

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from cloudcps.errors import InputError, first_line
+from cloudcps.pasteclouds import PastedClouds
 from cloudcps.synclouds import SyntheticClouds
 from cloudcps.tiling import (
     IGNORE_INDEX,
@@ -115,6 +116,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             index error deep inside the loss).
         synthetic: synthetic clouds laid over a share of the augmented samples (drawn from each
             sample's seed, before the augmentation).
+        paste: real clouds cut from other items of this dataset and pasted over a share of the
+            augmented samples (drawn from each sample's seed, before the synthetic layers).
     """
 
     def __init__(
@@ -126,9 +129,11 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         std: Sequence[float] = IMAGENET_STD,
         num_classes: int | None = None,
         synthetic: SyntheticClouds | None = None,
+        paste: PastedClouds | None = None,
     ) -> None:
         self.items = list(items)
         self.synthetic = synthetic
+        self.paste = paste
         self.augment_cfg = augment_cfg
         self.labeled = labeled
         self.mean, self.std = tuple(mean), tuple(std)
@@ -197,6 +202,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, seed = (key, 0) if isinstance(key, int) else key
         image, mask, valid = self.load(i)
+        if self.paste is not None and not isinstance(key, int):
+            image, mask = self.paste.apply(image, mask, valid, seed, self.load)
         if self.synthetic is not None and not isinstance(key, int):
             image, mask = self.synthetic.apply(image, mask, valid, seed)
         if self.augment_cfg is not None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,9 +100,13 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = False,
     say: Callable[[str], None] = log.info,
+    train_overrides: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Generate scenes, tile them with 1/16 labelled, train the supervised baseline and CPS with the
-    same budget, predict a held-out scene with both, and evaluate both masks against its labels."""
+    same budget, predict a held-out scene with both, and evaluate both masks against its labels.
+
+    ``train_overrides`` (TrainConfig fields) change both trainings, for benchmarks of the demo's
+    recipe (``bench/demo_cps.py``)."""
     root = Path(out)
     check_writable(root, overwrite)
     b = DemoBudget.preset(quick)
@@ -153,6 +158,7 @@ def run_demo(
             device=device,
             seed=seed,
             workers=0,
+            **(train_overrides or {}),
         )
         say(f"training {mode}: {b.iters} iterations, crop {b.crop}, batch {b.batch_size}")
         Trainer(cfg, progress=progress).fit()

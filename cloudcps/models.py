@@ -61,15 +61,41 @@ class ModelSpec:
         return cls(str(d["arch"]), str(d["encoder"]), int(d["num_classes"]), int(d["in_channels"]))
 
 
+LOCAL_POOL_ARCH = "deeplabv3plus-local"
+LOCAL_POOL_KERNEL = 9  # ASPP feature cells (output stride 16): a 144 px neighbourhood
+
+
+def _local_image_pooling(net: nn.Module, kernel: int = LOCAL_POOL_KERNEL) -> nn.Module:
+    """DeepLabV3+ whose ASPP image-pooling branch averages a fixed ``kernel`` x ``kernel``
+    neighbourhood of ASPP cells instead of the whole input.
+
+    The global branch makes a pixel's class depend on everything in the prediction window, so the
+    same scene gets different masks at 256 and 1024 px windows; a fixed neighbourhood (about the
+    128 px crops the starter trains on) gives every pixel the same context at any window size.
+    """
+    decoder: Any = net.decoder  # smp's DeepLabV3PlusDecoder: aspp[0] is its ASPP
+    branch = decoder.aspp[0].convs[-1]
+    if not isinstance(branch[0], nn.AdaptiveAvgPool2d):
+        raise InputError(f"{LOCAL_POOL_ARCH}: this smp version's ASPP has no image pooling branch")
+    # the branch interpolates back to its input size, a no-op for a stride-1 pooling
+    branch[0] = nn.AvgPool2d(kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    return net
+
+
 def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
-    """A randomly initialised smp model; ``seed`` fixes the initialisation."""
+    """A randomly initialised smp model; ``seed`` fixes the initialisation.
+
+    Besides smp's architectures, ``deeplabv3plus-local`` is DeepLabV3+ with its image pooling
+    over a fixed neighbourhood (:func:`_local_image_pooling`).
+    """
     import segmentation_models_pytorch as smp
 
     if seed is not None:
         torch.manual_seed(seed)
+    local = spec.arch == LOCAL_POOL_ARCH
     try:
         net: nn.Module = smp.create_model(
-            spec.arch,
+            "deeplabv3plus" if local else spec.arch,
             encoder_name=spec.encoder,
             encoder_weights=None,
             in_channels=spec.in_channels,
@@ -78,12 +104,12 @@ def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     except KeyError as exc:
         raise InputError(
             f"unknown architecture or encoder ({exc}); --arch takes an smp architecture such as "
-            "deeplabv3plus, unet, fpn; --encoder an smp encoder such as resnet50 or "
-            "tu-efficientnet_lite0"
+            f"deeplabv3plus, unet, fpn, or {LOCAL_POOL_ARCH}; --encoder an smp encoder such as "
+            "resnet50 or tu-efficientnet_lite0"
         ) from None
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"cannot build {spec.arch} with encoder {spec.encoder}: {exc}") from None
-    return net
+    return _local_image_pooling(net) if local else net
 
 
 def _encoder(net: nn.Module) -> nn.Module:

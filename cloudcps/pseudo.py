@@ -17,6 +17,11 @@ on:
     ``c`` only where ``c`` alone clears its threshold; where a weak class clears its (low) bar
     beside a confident class, or nothing clears, the pixel is ignored instead of being pushed
     toward the confident, possibly wrong, class.
+``aligned``
+    distribution alignment: each class's probability is scaled by its labelled share over its
+    running mean probability on the unlabelled pixels before the argmax, so a class the
+    networks begin to forget keeps its share of the pseudo-labels (ReMixMatch's distribution
+    alignment, applied per pixel).
 
 The CPS loss of kept pixels is normalised by *all* valid pixels, so ignoring a pixel removes its
 vote rather than re-weighting the rest.
@@ -271,10 +276,59 @@ class AdaptivePolicy(PseudoLabelPolicy):
                 setattr(self, key, state[key].to(torch.float64).cpu())
 
 
+class AlignedPolicy(AdaptivePolicy):
+    """Distribution alignment (ReMixMatch's, per pixel): the other network's probabilities are
+    multiplied by ``labelled share / predicted share`` of each class and renormalised before the
+    argmax, the predicted share being the running mean of the class's probability over the
+    unlabelled pixels.
+
+    A class the networks start to forget (its mean probability on unlabelled pixels falls below
+    its share of the labelled pixels) is lifted back, so its likeliest pixels stay its
+    pseudo-labels instead of going to the dominant class, which CPS would then teach both
+    networks. Every valid pixel is kept, as in plain CPS. The factor is bounded to
+    ``[1 / max_factor, max_factor]``.
+    """
+
+    name = "aligned"
+    max_factor = 10.0
+
+    def __init__(self, num_classes: int, threshold: float = 0.9, momentum: float = 0.9) -> None:
+        super().__init__(num_classes, threshold, momentum)
+        self.predicted_share = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+
+    def factors(self) -> torch.Tensor:
+        ratio = self.labeled_share / self.predicted_share.clamp_min(1e-12)
+        return ratio.clamp(1.0 / self.max_factor, self.max_factor)
+
+    def select(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.factors().to(probs.device, probs.dtype).view(1, -1, 1, 1)
+        pseudo = (probs * w).argmax(1)
+        return pseudo, torch.ones_like(pseudo, dtype=torch.bool)
+
+    def update(self, probs: torch.Tensor, valid: torch.Tensor) -> None:
+        with torch.no_grad():
+            p = probs.detach().float().permute(0, 2, 3, 1)[valid]  # (N, K)
+            if p.shape[0] == 0:
+                return
+            mean = p.mean(0).double().cpu()
+            m = self.momentum if self.seen > 0 else 0.0
+            self.predicted_share = m * self.predicted_share + (1 - m) * mean
+            self.seen += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), "predicted_share": self.predicted_share.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        if "predicted_share" in state:
+            self.predicted_share = state["predicted_share"].to(torch.float64).cpu()
+
+
 POLICIES: dict[str, type[PseudoLabelPolicy]] = {
     "plain": PseudoLabelPolicy,
     "threshold": ThresholdPolicy,
     "adaptive": AdaptivePolicy,
+    "aligned": AlignedPolicy,
 }
 
 

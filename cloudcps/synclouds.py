@@ -135,6 +135,16 @@ _SHADOWABLE = _label_lut((CLEAR, SHADOW))  # a shadow may fall there
 _CLOUD_ONLY = _label_lut((THICK, THIN))  # cloud of some thickness already
 
 
+def shadowable_codes() -> NDArray[np.bool_]:
+    """For each label value: may a cast shadow fall there (clear, shadow, or either)?"""
+    return _SHADOWABLE
+
+
+def cloud_only_codes() -> NDArray[np.bool_]:
+    """For each label value: is it cloud of some thickness (thick, thin, or either)?"""
+    return _CLOUD_ONLY
+
+
 def composite(
     image: np.ndarray,
     label: np.ndarray,

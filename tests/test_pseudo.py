@@ -109,3 +109,29 @@ def test_trust_labels_replaces_pseudo_labels_on_labelled_images() -> None:
     trusted = t.trust_labels(mask)
     assert trusted.target.tolist() == [[[1, 0, 0]], [[0, 0, 0]]]
     assert trusted.denominator.item() == t.denominator.item() == 6
+
+
+def test_aligned_lifts_a_class_the_networks_forget_back_to_its_labelled_share() -> None:
+    from cloudcps.pseudo import AlignedPolicy
+
+    pol = AlignedPolicy(2, momentum=0.5)
+    pol.observe_labeled(torch.tensor([[0, 0, 0, 1]]))  # class 1: 25 % of the labelled pixels
+    p1 = [0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.28, 0.40]  # never the argmax; mean 0.1225
+    probs = _probs([[1 - v, v] for v in p1])
+    valid = torch.ones(1, 1, 8, dtype=torch.bool)
+    assert PseudoLabelPolicy(2).targets(probs, valid).target.tolist() == [[[0] * 8]]
+    pol.update(probs, valid)
+    assert pol.predicted_share.tolist() == pytest.approx([0.8775, 0.1225])
+    # factors 0.85 and 2.04: 0.40 -> 0.82 beats 0.60 -> 0.51; 0.28 -> 0.57 loses to 0.62
+    assert pol.factors().tolist() == pytest.approx([0.75 / 0.8775, 0.25 / 0.1225])
+    t = pol.targets(probs, valid)
+    assert t.target.tolist() == [[[0, 0, 0, 0, 0, 0, 0, 1]]]
+    assert t.denominator.item() == 8  # every valid pixel is kept, as in plain CPS
+    # a class that is never predicted is lifted by at most max_factor
+    pol.update(_probs([[1.0, 0.0]] * 8), valid)
+    pol.update(_probs([[1.0, 0.0]] * 8), valid)
+    assert pol.factors()[1].item() <= pol.max_factor
+    fresh = AlignedPolicy(2)
+    fresh.load_state_dict(pol.state_dict())
+    assert torch.equal(fresh.predicted_share, pol.predicted_share)
+    assert torch.equal(fresh.labeled_share, pol.labeled_share)

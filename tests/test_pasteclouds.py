@@ -1,0 +1,209 @@
+"""Real clouds pasted over other ground (train --paste-clouds), the window-invariant DeepLabV3+
+(--arch deeplabv3plus-local) and the synthetic thin-cloud opacity (--synthetic-thin-alpha)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cloudcps.cli.main import cli
+from cloudcps.cps import Trainer, build_data, resolve_config
+from cloudcps.models import LOCAL_POOL_ARCH, ModelSpec, create_network, load_checkpoint
+from cloudcps.pasteclouds import PastedClouds, cloud_bank, paste
+from cloudcps.tiling import partial_code
+from tests.test_synclouds import CLEAR, SHADOW, STRETCH, THICK, THIN
+from tests.test_train import TINY_ARGS, tiny_cfg
+
+CLOUD = partial_code([THICK, THIN])
+
+
+def test_label_follows_the_pasted_pixels_on_a_hand_made_case() -> None:
+    h, w = 8, 10
+    image = np.full((h, w, 3), 60, np.uint8)
+    label = np.full((h, w), CLEAR, np.uint8)
+    label[:, 9] = 255  # unlabelled column
+    valid = np.ones((h, w), bool)
+    valid[7, 0] = False
+    alpha = np.zeros((h, w), np.float32)
+    alpha[:, 0:3] = 1.0  # pasted cloud core
+    alpha[:, 3] = 0.3  # its soft edge: blended, but the ground keeps its label
+    colour = np.full((3, h, w), 0.6, np.float32)
+    pasted = np.full((h, w), 255, np.uint8)
+    pasted[:, 0] = THICK
+    pasted[:, 1] = THIN
+    pasted[:, 2] = CLOUD  # a coarse "thick or thin" label stays coarse
+    shade = np.zeros((h, w), np.float32)
+    shade[:, 5:7] = 0.9  # a shadow over clear ground
+    shade[:, 0] = 0.9  # ... that cannot fall under the cloud
+    shade[:, 9] = 0.9  # ... and over unknown ground darkens but labels nothing
+    cfg = PastedClouds(1.0, STRETCH, (0,))
+    img2, lab2 = paste(image, label, valid, alpha, colour, pasted, shade, np.full(3, 0.3), cfg)
+    assert (lab2[:7, 0] == THICK).all() and (lab2[:, 1] == THIN).all()
+    assert (lab2[:, 2] == CLOUD).all() and (lab2[:, 3] == CLEAR).all()
+    assert (lab2[:, 5:7] == SHADOW).all() and (lab2[:, 4] == CLEAR).all()
+    assert (lab2[:, 9] == 255).all() and (lab2[:, 7:9] == CLEAR).all()
+    # pixels: cloud brighter, soft edge in between, shadow darker, the rest and nodata untouched
+    assert img2[0, 0, 0] > img2[0, 3, 0] > 60 and img2[0, 5, 0] < 60
+    assert (img2[:, 7:9] == image[:, 7:9]).all()
+    assert lab2[7, 0] == label[7, 0] and (img2[7, 0] == image[7, 0]).all()
+
+
+def test_bank_holds_tiles_with_some_but_not_only_cloud() -> None:
+    clear = np.zeros((10, 10), np.uint8)
+    some = clear.copy()
+    some[:3] = THICK
+    coarse = np.full((10, 10), partial_code([CLEAR, SHADOW]), np.uint8)
+    coarse[:, :4] = CLOUD
+    full = np.full((10, 10), THIN, np.uint8)
+    assert cloud_bank([clear, some, None, coarse, full]) == (1, 3)
+
+
+def _tile(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(20, 120, size=(64, 64, 3)).astype(np.uint8)
+    label = np.zeros((64, 64), np.uint8)
+    label[16:40, 10:50] = THICK
+    label[40:48, 10:50] = THIN
+    image[label > 0] = 230
+    return image, label, np.ones((64, 64), bool)
+
+
+def test_pasting_is_a_function_of_the_seed_and_labels_stay_codes() -> None:
+    bank = {0: _tile(0), 1: _tile(1)}
+    p = PastedClouds(1.0, STRETCH, (0, 1))
+    ground = np.full((64, 64, 3), 70, np.uint8)
+    label = np.zeros((64, 64), np.uint8)
+    valid = np.ones((64, 64), bool)
+    a = p.apply(ground, label, valid, 17, bank.__getitem__)
+    b = p.apply(ground, label, valid, 17, bank.__getitem__)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    seen = np.zeros(256, np.int64)
+    for seed in range(30):
+        img, lab = p.apply(ground, label, valid, seed, bank.__getitem__)
+        seen += np.bincount(lab.ravel(), minlength=256)
+        cloud = (lab == THICK) | (lab == THIN)
+        if cloud.any():  # cloud pixels are the bright pasted ones
+            assert img[cloud].mean() > img[lab == CLEAR].mean() + 40
+    assert (seen[:4] > 0).all() and seen[4:].sum() == 0
+    assert PastedClouds(0.3, STRETCH, (0,)).chosen(5) == PastedClouds(0.3, STRETCH, (0,)).chosen(5)
+    share = np.mean([PastedClouds(0.3, STRETCH, (0,)).chosen(s) for s in range(2000)])
+    assert 0.25 < share < 0.35
+
+
+def test_training_samples_get_pasted_clouds_and_resume_is_exact(
+    tiny_tiles: Path, tmp_path: Path
+) -> None:
+    data = build_data(tiny_cfg(tiny_tiles, tmp_path / "R", paste_clouds=1.0))
+    ds = data.labeled
+    assert ds.paste is not None and ds.paste.bank
+    assert data.val is not None and data.val.paste is None
+    plain = build_data(tiny_cfg(tiny_tiles, tmp_path / "R")).labeled
+    changed = [not torch.equal(ds[(i, 99)]["mask"], plain[(i, 99)]["mask"]) for i in range(len(ds))]
+    assert any(changed)
+    assert torch.equal(ds[(0, 5)]["image"], ds[(0, 5)]["image"])
+    kw = {"iters": 4, "eval_every": 2, "paste_clouds": 0.7, "mode": "supervised"}
+    whole = Trainer(tiny_cfg(tiny_tiles, tmp_path / "A", **kw))
+    whole.fit()
+    Trainer(tiny_cfg(tiny_tiles, tmp_path / "B", **kw)).fit(stop_at=2)
+    cfg_r, state = resolve_config({"out": str(tmp_path / "B")}, None, resume=True)
+    assert cfg_r.paste_clouds == 0.7
+    resumed = Trainer(cfg_r, resume_state=state)
+    resumed.fit()
+    for (k, va), vb in zip(
+        whole.nets[0].state_dict().items(), resumed.nets[0].state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--paste-clouds", "1.5"], "--paste-clouds 1.5 must be a share in [0, 1]"),
+        (["--paste-clouds", "-1"], "--paste-clouds -1.0 must be a share"),
+        (["--synthetic-thin-alpha", "0"], "--synthetic-thin-alpha 0.0 must be in (0, 0.35)"),
+        (["--synthetic-thin-alpha", "0.5"], "--synthetic-thin-alpha 0.5 must be in"),
+        (["--arch", "deeplabv3plus-nowhere"], "--arch takes an smp architecture"),
+    ],
+)
+def test_bad_new_options_are_refused_in_one_line(
+    tiny_tiles: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    res = CliRunner().invoke(
+        cli,
+        ["train", "--data", str(tiny_tiles), "--out", str(tmp_path / "R"), "--iters", "1",
+         *TINY_ARGS, *args],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], res.output
+    assert not (tmp_path / "R").exists()
+
+
+def test_a_folder_without_cloudy_labels_is_refused_for_pasting(
+    tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudcps.cps as cps
+
+    monkeypatch.setattr(cps, "cloud_bank", lambda labels: ())
+    res = CliRunner().invoke(
+        cli,
+        ["train", "--data", str(tiny_tiles), "--out", str(tmp_path / "R"), "--iters", "1",
+         *TINY_ARGS, "--paste-clouds", "0.5"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "no labelled tile" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "R").exists()
+
+
+def test_thin_alpha_decides_what_faint_haze_is_labelled(tiny_tiles: Path, tmp_path: Path) -> None:
+    low = build_data(tiny_cfg(tiny_tiles, tmp_path / "R", synthetic_clouds=1.0)).labeled
+    high = build_data(
+        tiny_cfg(tiny_tiles, tmp_path / "R", synthetic_clouds=1.0, synthetic_thin_alpha=0.2)
+    ).labeled
+    assert low.synthetic is not None and high.synthetic is not None
+    assert high.synthetic.thresholds.thin_alpha == 0.2
+    thin_low = sum(int((low[(0, s)]["mask"] == THIN).sum()) for s in range(12))
+    thin_high = sum(int((high[(0, s)]["mask"] == THIN).sum()) for s in range(12))
+    assert thin_high < thin_low
+
+
+def test_local_image_pooling_sees_a_fixed_neighbourhood() -> None:
+    net = create_network(ModelSpec(LOCAL_POOL_ARCH, "tu-mobilenetv3_small_100", 4), seed=0)
+    branch = net.decoder.aspp[0].convs[-1].eval()
+    x = torch.randn(1, branch[1].in_channels, 24, 24)
+    y = x.clone()
+    y[..., 20:, 20:] += 5.0  # far corner changed
+    with torch.no_grad():
+        a, b = branch(x), branch(y)
+    assert torch.equal(a[..., :10, :10], b[..., :10, :10])  # 9x9 pooling: beyond 4 cells
+    assert not torch.equal(a[..., 18:, 18:], b[..., 18:, 18:])
+    # the global branch of plain DeepLabV3+ would see the change everywhere
+    plain = create_network(ModelSpec("deeplabv3plus", "tu-mobilenetv3_small_100", 4), seed=0)
+    g = plain.decoder.aspp[0].convs[-1].eval()
+    with torch.no_grad():
+        assert not torch.equal(g(x)[..., :10, :10], g(y)[..., :10, :10])
+
+
+def test_local_pooling_run_predicts_through_onnx(tiny_tiles: Path, tmp_path: Path) -> None:
+    """A run of the new architecture is rebuilt from its checkpoint and exported."""
+    from cloudcps.backends import export_onnx
+    from cloudcps.models import load_for_inference
+
+    out = tmp_path / "R"
+    Trainer(tiny_cfg(tiny_tiles, out, iters=2, arch=LOCAL_POOL_ARCH, mode="supervised")).fit()
+    state = load_checkpoint(out / "latest.pt")
+    assert state["model"]["arch"] == LOCAL_POOL_ARCH
+    loaded = load_for_inference(out / "latest.pt", nets="1")
+    onnx = export_onnx(out / "latest.pt", "1", tmp_path / "g.onnx")
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).normal(size=(1, 3, 96, 128)).astype(np.float32)
+    sess = ort.InferenceSession(str(onnx))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        want = loaded.model(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 1e-3
