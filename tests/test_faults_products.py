@@ -1,0 +1,473 @@
+"""Products as an attack surface (issue 24): metadata is untrusted input. Names from metadata
+never leave --out or the tile folder, paths a product names stay inside it, an item read from a
+URL never reads local files, every metadata read is bounded in size and time, and every malformed
+or absurd field is one line naming the file, the field and the value."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from cloudcps.errors import InputError
+from cloudcps.scenes import open_scene
+from tests.conftest import run, write_raster
+from tests.products import Product, band_files, landsat_c2, sentinel2_safe, stac_item
+from tests.test_faults import fails, snapshot
+
+
+def refused(path: Path | str, *words: str, **kw: Any) -> str:
+    """``open_scene(path)`` fails with one line holding ``words``."""
+    with pytest.raises(InputError) as exc:
+        open_scene(path, **kw).close()
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def edit_mtl(product: Product, edit: Callable[[str], str]) -> Path:
+    """Rewrite the product's _MTL.txt through ``edit`` (the JSON twin goes: the text is read)."""
+    mtl = product.files["mtl"]
+    mtl.write_text(edit(mtl.read_text()))
+    product.files["mtl_json"].unlink()
+    return mtl
+
+
+def mtl_json(product: Product, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """Replace the product's MTL by its JSON form, changed by ``edit`` (on the parsed JSON)."""
+    path = product.files["mtl_json"]
+    doc = json.loads(path.read_text())
+    edit(doc["LANDSAT_METADATA_FILE"])
+    path.write_text(json.dumps(doc))
+    product.files["mtl"].unlink()
+    return path
+
+
+def set_field(text: str, key: str, value: str) -> str:
+    out, n = re.subn(rf"(?m)^(\s*{key} = ).*$", lambda m: m.group(1) + value, text)
+    assert n, key
+    return out
+
+
+def edit_item(product: Product, edit: Callable[[dict[str, Any]], None]) -> Path:
+    item = json.loads(product.path.read_text())
+    edit(item)
+    product.path.write_text(json.dumps(item))
+    return product.path
+
+
+# ----------------------------------------------------------------------------- 1, 2, 21: names
+
+
+@pytest.mark.parametrize(
+    "product_id", ["../escaped", "/tmp/cloudcps-abs-escape", ".", "..", "a\nb", "x\x00y", ""]
+)
+def test_a_hostile_product_id_falls_back_to_the_folder_name(
+    tmp_path: Path, product_id: str
+) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    mtl_json(product, lambda m: m["PRODUCT_CONTENTS"].update(LANDSAT_PRODUCT_ID=product_id))
+    with open_scene(product.path) as scene:
+        assert scene.product_id == product.path.name
+
+
+def test_a_stac_id_is_reduced_and_a_foreign_product_uri_is_named(tmp_path: Path) -> None:
+    s2 = sentinel2_safe(tmp_path / "s2", "L2A")
+    xml = s2.files["xml"]
+    xml.write_text(xml.read_text().replace(f"<PRODUCT_URI>{s2.product_id}", "<PRODUCT_URI>../x"))
+    msg = refused(s2.path, "PRODUCT_URI '../x", "MTD_MSIL2A.xml", "does not match")
+    assert "incomplete" not in msg  # the jp2 files are there (issue item 23)
+    item = stac_item(tmp_path / "stac")
+    edit_item(item, lambda i: i.update(id="../../escaped"))
+    with open_scene(item.path) as scene:
+        assert scene.product_id == item.path.stem
+
+
+def test_predict_and_tile_never_write_outside_their_folder(tiny_run: Path, tmp_path: Path) -> None:
+    product = landsat_c2(tmp_path / "d" / "dl", "L2SP")
+    mtl_json(product, lambda m: m["PRODUCT_CONTENTS"].update(LANDSAT_PRODUCT_ID="../escaped"))
+    before = snapshot(tmp_path)
+    r = run("predict", product.path, "--model", tiny_run, "--out", tmp_path / "d" / "out")
+    assert r.exit_code == 0, r.output
+    r = run("tile", product.path, "--tile-size", "64", "--out", tmp_path / "d" / "tiles")
+    assert r.exit_code == 0, r.output
+    new = set(snapshot(tmp_path)) - set(before)
+    assert new and all(p.startswith(("d/out/", "d/tiles/")) for p in new), sorted(new)
+    assert (tmp_path / "d" / "out" / f"{product.path.name}_mask.tif").is_file()
+    manifest = json.loads((tmp_path / "d" / "tiles" / "manifest.json").read_text())
+    assert all(t["scene"] == product.path.name for t in manifest["tiles"])
+
+
+# ----------------------------------------------------------------------------- 3: band paths
+
+
+@pytest.mark.parametrize("name", ["../outside/x.tif", "/etc/hostname", "sub/x.tif", "."])
+def test_a_landsat_band_outside_the_product_is_refused(tmp_path: Path, name: str) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    outside = tmp_path / "dl" / "outside"
+    outside.mkdir()
+    shutil.copy(product.path / f"{product.product_id}_SR_B4.TIF", outside / "x.tif")
+    mtl_json(product, lambda m: m["PRODUCT_CONTENTS"].update(FILE_NAME_BAND_4=name))
+    refused(product.path, "FILE_NAME_BAND_4", "not a file name inside the product")
+
+
+def test_a_landsat_band_linked_outside_the_product_is_refused(tmp_path: Path) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    band = product.path / f"{product.product_id}_SR_B4.TIF"
+    moved = tmp_path / "elsewhere.tif"
+    band.rename(moved)
+    band.symlink_to(moved)
+    refused(product.path, "FILE_NAME_BAND_4", "outside the product")
+
+
+def test_a_sentinel2_band_linked_outside_the_product_is_refused(tmp_path: Path) -> None:
+    """GDAL's reader builds band paths from the granule folder; a link there must not lead out."""
+    s2 = sentinel2_safe(tmp_path / "dl", "L2A")
+    band = next(s2.path.glob("GRANULE/*/IMG_DATA/R10m/*_B04_10m.jp2"))
+    moved = tmp_path / "elsewhere.jp2"
+    band.rename(moved)
+    band.symlink_to(moved)
+    refused(s2.path, "IMAGE_FILE", "outside the product")
+
+
+# ----------------------------------------------------------------------------- 4, 7, 8: URLs
+
+
+@contextmanager
+def serving(
+    routes: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]],
+) -> Iterator[str]:
+    """An HTTP server in a thread answering ``routes`` (path -> handler); its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            handler = routes.get(self.path)
+            if handler is None:
+                self.send_error(404)
+                return
+            with suppress(BrokenPipeError, ConnectionResetError):
+                handler(self)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def send(body: bytes, length: bool = True) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+    def handler(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if length:
+            h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for i in range(0, len(body), 65536):
+            h.wfile.write(body[i : i + 65536])
+
+    return handler
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+
+
+@pytest.mark.usefixtures("no_proxy")
+@pytest.mark.parametrize("href", ["file:///etc/hostname", "FILE:/etc/hostname", "ftp://h/x.tif"])
+def test_an_item_from_a_url_never_names_local_files(tmp_path: Path, href: str) -> None:
+    item = stac_item(tmp_path / "stac")
+    edit_item(item, lambda i: i["assets"]["red"].update(href=href))
+    with serving({"/item": send(item.path.read_bytes())}) as base:
+        refused(f"{base}/item", "href of asset 'red'", "local path")
+
+
+def test_an_absolute_href_of_a_remote_item_is_on_its_host() -> None:
+    from cloudcps.scenes import _gdal_href
+
+    got = _gdal_href("/abs/path.tif", "http://h:8/items/a", "item", "href")
+    assert got == "/vsicurl/http://h:8/abs/path.tif"
+    with pytest.raises(InputError, match="local path"):
+        _gdal_href("file:///abs/path.tif", "http://h:8/items/a", "item", "href")
+
+
+def test_a_relative_href_of_a_local_item_stays_in_its_folder(tmp_path: Path) -> None:
+    item = stac_item(tmp_path / "stac")
+    (tmp_path / "B04.tif").write_bytes((tmp_path / "stac" / "cogs" / "B04.tif").read_bytes())
+    edit_item(item, lambda i: i["assets"]["red"].update(href="../B04.tif"))
+    refused(item.path, "href of asset 'red'", "outside the product")
+
+
+@pytest.mark.usefixtures("no_proxy")
+@pytest.mark.parametrize("length", [True, False])
+def test_a_huge_url_reply_is_refused_while_streaming(
+    monkeypatch: pytest.MonkeyPatch, length: bool
+) -> None:
+    monkeypatch.setenv("CLOUDCPS_METADATA_MAX_MB", "1")
+    body = b"{" + b" " * (3 * 2**20) + b"}"
+    with serving({"/big": send(body, length)}) as base:
+        refused(f"{base}/big", "STAC item", "more than the 1 MiB", "CLOUDCPS_METADATA_MAX_MB")
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_trickling_url_hits_the_overall_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDCPS_FETCH_TIMEOUT", "1")
+
+    def trickle(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.end_headers()
+        for _ in range(40):  # one byte every 0.2 s: each read is quick, the whole is not
+            h.wfile.write(b" ")
+            h.wfile.flush()
+            time.sleep(0.2)
+
+    with serving({"/slow": trickle}) as base:
+        start = time.monotonic()
+        refused(f"{base}/slow", "did not arrive within 1 s", "CLOUDCPS_FETCH_TIMEOUT")
+        assert time.monotonic() - start < 3
+
+
+def test_a_bad_limit_in_the_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDCPS_FETCH_TIMEOUT", "nan")
+    with pytest.raises(InputError, match="CLOUDCPS_FETCH_TIMEOUT='nan'"):
+        open_scene("http://127.0.0.1:9/item")
+
+
+# ----------------------------------------------------------------------------- 5, 6: bombs
+
+
+def test_a_huge_mtl_in_a_tar_gz_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUDCPS_METADATA_MAX_MB", "1")
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    mtl = product.files["mtl"]
+    mtl.write_text(mtl.read_text() + " " * (2 * 2**20))
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tf:
+        tf.add(mtl, mtl.name)
+    refused(bomb, mtl.name, "more than the 1 MiB")
+    refused(mtl, mtl.name, "more than the 1 MiB")  # the same MTL given as a file
+
+
+def test_a_huge_product_xml_in_a_zip_is_refused_before_gdal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUDCPS_METADATA_MAX_MB", "1")
+    s2 = sentinel2_safe(tmp_path / "dl", "L2A")
+    xml = s2.files["xml"]
+    xml.write_text(xml.read_text() + " " * (2 * 2**20))
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(s2.path.rglob("*")):
+            zf.write(p, p.relative_to(s2.path.parent).as_posix())
+    assert bomb.stat().st_size < 2**20
+    refused(bomb, "MTD_MSIL2A.xml", "more than the 1 MiB")
+    refused(s2.path, "MTD_MSIL2A.xml", "more than the 1 MiB")
+
+
+# ----------------------------------------------------------------------------- 9: malformed MTL
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda m: m.update(PRODUCT_CONTENTS=["x"]), ("PRODUCT_CONTENTS", "not a group")),
+        (lambda m: m.update(IMAGE_ATTRIBUTES="x"), ("IMAGE_ATTRIBUTES", "not a group")),
+        (lambda m: m["PRODUCT_CONTENTS"].update(FILE_NAME_BAND_4=["a"]), ("FILE_NAME_BAND_4",)),
+        (lambda m: m["PRODUCT_CONTENTS"].update(FILE_NAME_BAND_4=7), ("FILE_NAME_BAND_4",)),
+        (lambda m: m["PRODUCT_CONTENTS"].update(PROCESSING_LEVEL={}), ("PROCESSING_LEVEL",)),
+    ],
+)
+def test_a_malformed_mtl_json_names_the_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], words: tuple[str, ...]
+) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    path = mtl_json(product, edit)
+    refused(product.path, path.name, *words)
+
+
+def test_a_deeply_nested_mtl_json_is_one_line(tmp_path: Path) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    path = mtl_json(product, lambda m: None)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    refused(product.path, path.name, "nested too deeply")
+
+
+@pytest.mark.parametrize(
+    ("level", "key", "value"),
+    [
+        ("L1TP", "SUN_ELEVATION", "inf"),
+        ("L1TP", "SUN_ELEVATION", "nan"),
+        ("L1TP", "SUN_ELEVATION", "1e-300"),
+        ("L1TP", "SUN_ELEVATION", "abc"),
+        ("L2SP", "REFLECTANCE_MULT_BAND_4", "nan"),
+        ("L2SP", "REFLECTANCE_MULT_BAND_4", "inf"),
+        ("L2SP", "REFLECTANCE_MULT_BAND_4", "1e300"),
+        ("L2SP", "REFLECTANCE_ADD_BAND_3", "nan"),
+        ("L2SP", "REFLECTANCE_ADD_BAND_3", "1e300"),
+    ],
+)
+def test_absurd_landsat_scaling_names_the_field_and_value(
+    tmp_path: Path, level: str, key: str, value: str
+) -> None:
+    product = landsat_c2(tmp_path / "dl", level)
+    mtl = edit_mtl(product, lambda t: set_field(t, key, value))
+    msg = refused(product.path, mtl.name, key)
+    assert value.replace("1e300", "1e+300") in msg, msg
+
+
+def test_a_non_utf8_mtl_is_one_line(tmp_path: Path) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    mtl = product.files["mtl"]
+    mtl.write_bytes(mtl.read_bytes().replace(b"Image courtesy", b"Image \xff courtesy"))
+    product.files["mtl_json"].unlink()
+    refused(product.path, mtl.name, "not UTF-8")
+
+
+# ----------------------------------------------------------------------------- 10: malformed STAC
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda a: a["raster:bands"][0].update(nodata="abc"), ("nodata", "'abc'")),
+        (lambda a: a["raster:bands"][0].update(nodata=[0]), ("nodata",)),
+        (lambda a: a["raster:bands"][0].update(scale="abc"), ("scale", "'abc'")),
+        (lambda a: a["raster:bands"][0].update(scale=[1]), ("scale",)),
+        (lambda a: a["raster:bands"][0].update(scale=float("nan")), ("scale", "nan")),
+        (lambda a: a["raster:bands"][0].update(scale=1e300), ("scale", "1e+300")),
+        (lambda a: a["raster:bands"][0].update(offset=float("inf")), ("offset", "inf")),
+        (lambda a: a.update({"raster:bands": {"scale": 1}}), ("raster:bands",)),
+        (lambda a: a.update({"raster:bands": [1]}), ("raster:bands",)),
+        (lambda a: a.update({"eo:bands": "red"}), ("eo:bands",)),
+        (lambda a: a.update(href=5), ("href",)),
+    ],
+)
+def test_a_malformed_stac_asset_names_the_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], words: tuple[str, ...]
+) -> None:
+    item = stac_item(tmp_path / "stac")
+    edit_item(item, lambda i: edit(i["assets"]["red"]))
+    refused(item.path, "asset 'red'", *words)
+
+
+def test_malformed_stac_item_fields_are_one_line(tmp_path: Path) -> None:
+    item = stac_item(tmp_path / "stac")
+    edit_item(item, lambda i: i["properties"].update(instruments=[1, 2]))
+    refused(item.path, "instruments")
+    edit_item(item, lambda i: i.update(properties=[]))
+    refused(item.path, "properties")
+    item.path.write_bytes(b'{"type": "Feature", "id": "\xff"}')
+    refused(item.path, "not UTF-8")
+    item.path.write_text("[" * 100_000)
+    refused(item.path, "nested too deeply")
+
+
+# ----------------------------------------------------------------------------- 11, 13: S2 scaling
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("BOA_ADD_OFFSET", "abc"),
+        ("BOA_ADD_OFFSET", "nan"),
+        ("BOA_ADD_OFFSET", "inf"),
+        ("BOA_ADD_OFFSET", "1e300"),
+        ("BOA_QUANTIFICATION_VALUE", "1e-300"),
+        ("BOA_QUANTIFICATION_VALUE", "nan"),
+    ],
+)
+def test_absurd_sentinel2_scaling_names_the_field(tmp_path: Path, tag: str, value: str) -> None:
+    s2 = sentinel2_safe(tmp_path / "dl", "L2A")
+    xml = s2.files["xml"]
+    text = re.sub(rf"(<{tag}[^>]*>)[^<]*(</{tag}>)", rf"\g<1>{value}\g<2>", xml.read_text())
+    xml.write_text(text)
+    refused(s2.path, "MTD_MSIL2A.xml", tag)
+
+
+# ----------------------------------------------------------------------------- 14, 15: values
+
+
+@pytest.mark.parametrize(("option", "value"), [("--scale", "1e308"), ("--offset", "1e308"),
+                                               ("--scale", "nan"), ("--scale", "0")])  # fmt: skip
+def test_absurd_scale_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
+    scene = write_raster(tmp_path / "a.tif", np.ones((3, 8, 8), np.uint16), crs="EPSG:32633")
+    for cmd in ("predict", "tile"):
+        msg = fails(tmp_path, [cmd, scene, option, value, "--out", tmp_path / "o"], option)
+        assert value.replace("1e308", "1e+308") in msg or value in msg
+
+
+def test_a_complex_raster_is_refused(tmp_path: Path) -> None:
+    scene = tmp_path / "c.tif"
+    data = (np.ones((3, 8, 8)) + 1j * np.ones((3, 8, 8))).astype(np.complex64)
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 3, "dtype": "complex64",
+               "crs": "EPSG:32633", "transform": Affine(30, 0, 5e5, 0, -30, 5e6)}  # fmt: skip
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(data)
+    refused(scene, "complex64", str(scene))
+    fails(tmp_path, ["predict", scene, "--out", tmp_path / "o"], "complex64")
+
+
+# ----------------------------------------------------------------------------- 22, 23: messages
+
+
+def test_band_files_half_a_pixel_apart_give_both_origins(tmp_path: Path) -> None:
+    p = band_files(tmp_path)
+    with rasterio.open(p.files["G"]) as src:
+        data, profile = src.read(), src.profile
+    profile["transform"] = src.transform * Affine.translation(0.5, 0)
+    with rasterio.open(p.files["G"], "w", **profile) as dst:
+        dst.write(data)
+    files = [p.files[k] for k in ("R", "G", "B")]
+    msg = refused(files[0], band_files=files)
+    assert "500015" in msg and "500000" in msg, msg
+
+
+def test_a_missing_or_remote_band_is_not_called_corrupt(tmp_path: Path) -> None:
+    product = landsat_c2(tmp_path / "dl", "L2SP")
+    qa = product.path / f"{product.product_id}_QA_PIXEL.TIF"
+    qa.unlink()
+    qa.symlink_to(tmp_path / "gone.tif")  # listed and linked, but not there
+    msg = refused(product.path, "QA_PIXEL")
+    assert "corrupt" not in msg, msg
+    item = stac_item(tmp_path / "stac")
+    edit_item(item, lambda i: i["assets"]["red"].update(href="https://no-such-host.invalid/a.tif"))
+    msg = refused(item.path, "could not be fetched", "check the URL")
+    assert "corrupt" not in msg, msg
+
+
+# ----------------------------------------------------------------------------- 24: options
+
+
+def test_a_nan_option_names_the_option(tmp_path: Path) -> None:
+    from cloudcps.config import TrainConfig
+
+    with pytest.raises(InputError, match="--synthetic-clouds is nan"):
+        TrainConfig(data=tmp_path, synthetic_clouds=float("nan")).validate()
