@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -92,7 +93,9 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             if debug():
                 raise
-            raise click.ClickException("interrupted; nothing half-written was left") from None
+            # 130 = 128 + SIGINT, as train (and shells) report an interrupted command
+            click.echo("Error: interrupted; nothing half-written was left", err=True)
+            sys.exit(130)
         except Exception as exc:
             if debug():
                 raise

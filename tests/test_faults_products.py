@@ -471,3 +471,82 @@ def test_a_nan_option_names_the_option(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="--synthetic-clouds is nan"):
         TrainConfig(data=tmp_path, synthetic_clouds=float("nan")).validate()
+
+
+# ----------------------------------------------------------------------------- 18, 19: evaluate
+
+
+def test_evaluate_scores_a_partial_val_split_by_groups(tiny_run: Path, tmp_path: Path) -> None:
+    from tests.test_partial import _binary_scene
+
+    scene, lab = _binary_scene(tmp_path)
+    tiles = tmp_path / "T"
+    r = run("tile", scene, "--label-dir", lab.parent, "--label-map", "0:0|3,1:1|2",
+            "--tile-size", "64", "--val", "chip", "--out", tiles)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", "--model", tiny_run, "--data", tiles, "--split", "val",
+            "--out", tmp_path / "rep")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "n/a" not in r.output and "by groups of the partial labels" in r.output, r.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (result,) = report["results"].values()
+    assert result["miou"] is not None and len(result["classes"]) == 2
+
+
+def test_evaluate_label_map_with_sets_speaks_of_the_option(tmp_path: Path) -> None:
+    grid = np.array([[0, 1], [1, 0]], np.uint8).repeat(20, 0).repeat(20, 1)
+    ref = write_raster(tmp_path / "ref.tif", grid, crs="EPSG:32633")
+    pred = write_raster(tmp_path / "pred.tif", grid, crs="EPSG:32633")
+    args = ["evaluate", "--pred", pred, "--ref", ref, "--label-map", "0:0|3,1:1|2"]
+    msg = fails(tmp_path, [*args, "--out", tmp_path / "rep"], "not a set of classes")
+    assert "134" not in msg and "137" not in msg and "--merge" in msg, msg
+
+
+# ----------------------------------------------------------------------------- 12, 16: train
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("optimizer", "adamw"), ("ema", 0.99), ("encoder_norm", "frozen"),
+     ("synthetic_clouds", 0.5), ("crop", 128)],
+)  # fmt: skip
+def test_resume_refuses_what_the_checkpoint_was_built_with(
+    tiny_run: Path, option: str, value: Any
+) -> None:
+    from cloudcps.cps import resolve_config
+
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(InputError, match=f"trained with {flag} .*drop {flag}"):
+        resolve_config({"out": str(tiny_run), option: value}, None, True)
+
+
+def test_init_refuses_another_arch_or_encoder(tiny_run: Path, tmp_path: Path) -> None:
+    from cloudcps.cps import resolve_config
+
+    base = {"data": str(tmp_path), "out": str(tmp_path / "R"), "init": str(tiny_run)}
+    with pytest.raises(InputError, match=r"--init .* not --arch unet"):
+        resolve_config({**base, "arch": "unet"}, None, False)
+    with pytest.raises(InputError, match="not --encoder mobilenet_v2"):
+        resolve_config({**base, "encoder": "mobilenet_v2"}, None, False)
+    cfg, _ = resolve_config({**base, "encoder": "resnet18"}, None, False)  # the same: fine
+    assert cfg.encoder == "resnet18"
+
+
+def test_train_has_threads_and_a_nan_option_is_named(tmp_path: Path) -> None:
+    r = run("train", "--help")
+    assert "--threads" in r.output
+    r = run("train", "--data", tmp_path, "--synthetic-clouds", "nan", "--out", tmp_path / "R")
+    assert r.exit_code == 1 and "--synthetic-clouds is nan" in r.output, r.output
+
+
+def test_ctrl_c_exits_130_in_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloudcps.scenes as sc
+
+    def interrupt(*args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sc, "open_scene", interrupt)
+    scene = write_raster(tmp_path / "a.tif", np.ones((3, 8, 8), np.uint16), crs="EPSG:32633")
+    for cmd in ("predict", "tile"):
+        r = run(cmd, scene, "--out", tmp_path / "o")
+        assert r.exit_code == 130 and "interrupted" in r.output, r.output
