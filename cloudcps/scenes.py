@@ -1084,7 +1084,7 @@ class SceneRef:
         """The scene in messages."""
         if self.band_files:
             return "--band-files " + ",".join(str(f) for f in self.band_files)
-        return str(self.path)
+        return gdal_name(self.path)  # a URL keeps its // (pathlib collapses it)
 
     @property
     def inputs(self) -> list[Path]:

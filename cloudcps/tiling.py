@@ -1022,6 +1022,11 @@ def tile_scenes(
     seen: dict[str, Path] = {}
     for s in infos:
         if s.id in seen:
+            if s.product_id:  # e.g. X.SAFE and X.zip: one product, named by its metadata
+                raise InputError(
+                    f"scenes {seen[s.id]} and {s.path} are the same product {s.id!r} (the id "
+                    "comes from the product's metadata, not its file name); give only one of them"
+                )
             raise InputError(
                 f"scenes {seen[s.id]} and {s.path} share the name {s.id!r}; tile ids and label "
                 "lookup use file names, so rename one"

@@ -137,9 +137,11 @@ _REMOTE = frozenset({"http", "https", "s3", "gs"})
 
 
 def too_big(size: int, owner: str, what: str) -> InputError:
+    """``size`` is the declared size, or the bytes read so far (just over the limit)."""
     limit = metadata_max_bytes()
+    shown_size = f"{size / 2**20:.1f} MiB" if size > limit + 1 else "larger"
     return InputError(
-        f"{owner}: {what} is {size / 2**20:.1f} MiB, more than the {limit / 2**20:g} MiB a "
+        f"{owner}: {what} is {shown_size}, more than the {limit / 2**20:g} MiB a "
         "metadata file may have; it is not a genuine product file (raise "
         "CLOUDCPS_METADATA_MAX_MB if it is)"
     )

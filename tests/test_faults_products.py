@@ -484,6 +484,7 @@ def test_evaluate_scores_a_partial_val_split_by_groups(tiny_run: Path, tmp_path:
     r = run("tile", scene, "--label-dir", lab.parent, "--label-map", "0:0|3,1:1|2",
             "--tile-size", "64", "--val", "chip", "--out", tiles)  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert "0.0%" not in r.output and "partial labels only" in r.output, r.output  # item 25
     r = run("evaluate", "--model", tiny_run, "--data", tiles, "--split", "val",
             "--out", tmp_path / "rep")  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -550,3 +551,26 @@ def test_ctrl_c_exits_130_in_every_command(tmp_path: Path, monkeypatch: pytest.M
     for cmd in ("predict", "tile"):
         r = run(cmd, scene, "--out", tmp_path / "o")
         assert r.exit_code == 130 and "interrupted" in r.output, r.output
+
+
+# ----------------------------------------------------------------------------- 20, 25: messages
+
+
+def test_skip_existing_keeps_a_users_own_mask_file(tiny_run: Path, tmp_path: Path) -> None:
+    scene = write_raster(tmp_path / "a.tif", np.ones((3, 64, 64), np.uint16), crs="EPSG:32633")
+    write_raster(tmp_path / "a_mask.tif", np.zeros((64, 64), np.uint8), crs="EPSG:32633")
+    msg = fails(tmp_path, ["predict", scene, "--model", tiny_run, "--skip-existing"], "is kept")
+    assert "delete" not in msg and "not a mask cloudcps wrote" in msg, msg
+
+
+def test_a_safe_and_its_zip_are_named_one_product(tmp_path: Path) -> None:
+    s2 = sentinel2_safe(tmp_path / "dl", "L2A")
+    msg = fails(tmp_path, ["tile", s2.path, s2.files["zip"], "--out", tmp_path / "t"],
+                "same product")  # fmt: skip
+    assert "rename" not in msg and "give only one" in msg, msg
+
+
+def test_a_url_scene_is_shown_with_both_slashes() -> None:
+    from cloudcps.scenes import SceneRef
+
+    assert SceneRef(Path("http://127.0.0.1:8/item")).name == "http://127.0.0.1:8/item"
