@@ -1110,8 +1110,11 @@ def tile_scenes(
             for t in pool
             if sum(t["class_counts"]) + sum(t.get("partial_counts", {}).values()) > 0
         ]
-        labeled = choose_labeled(
-            pool, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
+        # --clear tiles all go to the labelled split (README, --help); the others are drawn
+        clear_ids = {t["id"] for t in pool if t["scene"] in {s.id for s in infos if s.clear}}
+        drawn = [t for t in pool if t["id"] not in clear_ids]
+        labeled = clear_ids | choose_labeled(
+            drawn, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
         )
         unlabeled = [t["id"] for t in tiles if role[t["scene"]] != "val" and t["id"] not in labeled]
         splits = {

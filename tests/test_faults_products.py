@@ -574,3 +574,21 @@ def test_a_url_scene_is_shown_with_both_slashes() -> None:
     from cloudcps.scenes import SceneRef
 
     assert SceneRef(Path("http://127.0.0.1:8/item")).name == "http://127.0.0.1:8/item"
+
+
+# ----------------------------------------------------------------------------- 17: tile --clear
+
+
+def test_every_clear_tile_is_labelled(scenes: Path, tmp_path: Path) -> None:
+    from tests.conftest import LMAP
+
+    clear = write_raster(tmp_path / "c" / "clear.tif",
+                         np.full((3, 256, 192), 900, np.uint16), crs="EPSG:32633")  # fmt: skip
+    out = tmp_path / "t"
+    r = run("tile", scenes / "scenes" / "a.tif", "--label-dir", scenes / "labels",
+            "--label-map", LMAP, "--clear", clear, "--tile-size", "64", "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    clear_ids = {t["id"] for t in manifest["tiles"] if t["scene"] == "clear"}
+    labelled = set((out / "splits" / "labeled.txt").read_text().split())
+    assert len(clear_ids) == 12 and clear_ids <= labelled
