@@ -36,7 +36,7 @@ from cloudcps.io import (
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
 from cloudcps.predict import NODATA, class_colours
-from cloudcps.tiling import GDAL_ENV, IGNORE_INDEX, is_partial, partial_classes
+from cloudcps.tiling import IGNORE_INDEX, gdal_env, is_partial, partial_classes
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def evaluate_rasters(
     samples: list[dict[str, Any]] = []
     for pp, rp in pairs:
         with (
-            rasterio.Env(**GDAL_ENV),
+            rasterio.Env(**gdal_env()),
             open_raster(pp, "prediction") as pred,
             open_raster(rp, "reference") as ref,
             reading(f"{pp} or {rp}", "prediction or reference"),

@@ -53,6 +53,7 @@ import math
 import os
 import re
 import tarfile
+import time
 import uuid
 import warnings
 import zipfile
@@ -171,7 +172,20 @@ def open_scene(
 ) -> Scene:
     """Open ``path`` (a raster, a Sentinel-2 or Landsat product, a STAC item) or the stack of
     ``band_files`` (R, G, B[, NIR]; ``path`` is then only recorded). ``bands`` picks R, G, B[, NIR]
-    of a multi-band raster; for a product it may only repeat the product's own (1, 2, 3[, 4])."""
+    of a multi-band raster; for a product it may only repeat the product's own (1, 2, 3[, 4]).
+
+    GDAL's reads of remote rasters while opening (a STAC item's assets, a raster URL) have the
+    deadline of :func:`cloudcps.untrusted.gdal_http_options`; callers that read the scene's
+    pixels do so under it too (:func:`cloudcps.tiling.gdal_env`)."""
+    with rasterio.Env(**untrusted.gdal_http_options()):
+        return _open_scene(path, bands, band_files)
+
+
+def _open_scene(
+    path: str | Path,
+    bands: tuple[int, ...] | None,
+    band_files: Sequence[str | Path] | None,
+) -> Scene:
     if band_files is not None:
         scene = _open_band_files([Path(p) for p in band_files])
         scene.record["path"] = str(path)
@@ -206,7 +220,7 @@ def open_scene(
         scene = _open_stac(text)
     else:
         src = open_raster(p, "scene")
-        _real_valued(src, str(p), "scene")
+        _real_valued(src, f"scene {p}")
         return Scene(
             dataset=src,
             bands=bands,
@@ -224,13 +238,14 @@ def open_scene(
     return _check_bands(scene, bands)
 
 
-def _real_valued(src: DatasetReader, path: str, what: str) -> None:
-    """Refuse complex bands: reading them as reflectance would drop the imaginary part."""
+def _real_valued(src: DatasetReader, name: str) -> None:
+    """Refuse complex bands (``name``: the file in messages): reading them as reflectance would
+    drop the imaginary part. Plain rasters, band files and every band a product stacks."""
     complex_types = sorted({d for d in src.dtypes if d.startswith("complex")})
     if complex_types:
         src.close()
         raise InputError(
-            f"{what} {path} holds complex values ({complex_types[0]}); cloud masking needs real "
+            f"{name} holds complex values ({complex_types[0]}); cloud masking needs real "
             "reflectance: convert it first (e.g. gdal_translate -ot Float32 of the band's "
             "amplitude, gdal_calc.py --calc 'abs(A)')"
         )
@@ -256,14 +271,22 @@ def _check_bands(scene: Scene, bands: tuple[int, ...] | None) -> Scene:
 
 def _grid_of(path: str, what: str, owner: str) -> Grid:
     """The grid of ``path`` (``what`` names it in errors)."""
+    start = time.monotonic()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
+                _real_valued(src, f"{what} of {owner}")
                 crs = src.crs.to_string() if src.crs else ""
                 return Grid(src.width, src.height, crs, tuple(src.transform.to_gdal()))
     except (RasterioError, *GDAL_ERRORS) as exc:
         remote = re.match(r"^/vsi(curl|s3|gs|az|adls|oss|swift)/", path)
+        timeout = untrusted.fetch_timeout()
+        if remote and time.monotonic() - start >= timeout:  # GDAL_HTTP_TIMEOUT ended a request
+            raise InputError(
+                f"{what} of {owner} did not arrive within {timeout:g} s; check the server (or "
+                "raise CLOUDCPS_FETCH_TIMEOUT)"
+            ) from None
         if remote:
             hint = (
                 "check the URL, that its host resolves and the network"
@@ -1026,7 +1049,7 @@ def _open_band_files(files: list[Path]) -> Scene:
     sources = []
     for role, f in zip(("R", "G", "B", "NIR"), files, strict=False):
         with open_raster(f, "band file") as src:
-            _real_valued(src, str(f), "band file")
+            _real_valued(src, f"band file {f}")
             if src.count != 1:
                 raise InputError(
                     f"band file {f} has {src.count} bands; --band-files takes single-band files "

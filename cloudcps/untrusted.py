@@ -8,7 +8,8 @@ scaling. None of it is taken as given:
 - a path it names must stay inside the product (:func:`member_name`, :func:`inside`), and an item
   read from a URL may name remote assets only (:func:`remote_href`);
 - every read is bounded: :func:`read_limited` for files and archive members,
-  :func:`fetch_url` for URLs (a size limit and an overall deadline, not a per-read timeout);
+  :func:`fetch_url` for URLs (a size limit and an overall deadline, not a per-read timeout),
+  :func:`gdal_http_options` for GDAL's reads of remote rasters (the same deadline per request);
 - every number is checked finite and in range (:func:`number`), every structure's type
   (:func:`group`, :func:`text`, :func:`objects`).
 
@@ -219,6 +220,22 @@ def fetch_url(url: str, what: str) -> bytes:
             f"{what} {url} cannot be fetched ({reason}); check the URL and the network"
         ) from None
     return b"".join(chunks)
+
+
+# GDAL's HTTP options, each taken from the deadline unless the environment sets it
+_GDAL_HTTP = ("GDAL_HTTP_TIMEOUT", "GDAL_HTTP_LOW_SPEED_TIME", "GDAL_HTTP_LOW_SPEED_LIMIT",
+              "GDAL_HTTP_MAX_RETRY")  # fmt: skip
+
+
+def gdal_http_options() -> dict[str, str]:
+    """GDAL's options for its remote reads (``/vsicurl/``, ``/vsis3/``...: STAC assets, raster
+    URLs), from the same deadline as :func:`fetch_url`: each HTTP request ends after
+    :func:`fetch_timeout` seconds, also one stalled at under 1 byte/s that long, and is not
+    retried. For ``rasterio.Env``; local reads ignore them. A ``GDAL_HTTP_*`` variable the
+    user set in the environment wins."""
+    seconds = str(max(1, math.ceil(fetch_timeout())))
+    values = dict(zip(_GDAL_HTTP, (seconds, seconds, "1", "0"), strict=True))
+    return {k: v for k, v in values.items() if k not in os.environ}
 
 
 def _socket_of(response: Any) -> Any:
