@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -92,7 +93,9 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             if debug():
                 raise
-            raise click.ClickException("interrupted; nothing half-written was left") from None
+            # 130 = 128 + SIGINT, as train (and shells) report an interrupted command
+            click.echo("Error: interrupted; nothing half-written was left", err=True)
+            sys.exit(130)
         except Exception as exc:
             if debug():
                 raise
@@ -159,10 +162,30 @@ band_files_opt = click.option(
     callback=converter_multi(_band_files),
     help="One scene as single-band files R,G,B[,NIR] on one grid (repeatable: one scene each).",
 )
+
+
+def finite_float(lo: float, hi: float, *, nonzero: bool = False) -> click.FloatRange:
+    """A float option that must be finite, in ``[lo, hi]`` (and not 0 with ``nonzero``): NaN,
+    inf and values that overflow float32 arithmetic are refused naming the option."""
+
+    class Finite(click.FloatRange):
+        name = "finite float"
+
+        def convert(self, value: Any, param: click.Parameter | None, ctx: Any) -> Any:
+            number = super().convert(value, param, ctx)
+            if number != number:  # NaN slips through FloatRange's comparisons
+                self.fail(f"{value!r} is not a number; give a finite one", param, ctx)
+            if nonzero and number == 0:
+                self.fail("0 would erase every value; give a non-zero factor", param, ctx)
+            return number
+
+    return Finite(min=lo, max=hi)
+
+
 scale_opt = click.option(
     "--scale",
     default=None,
-    type=float,
+    type=finite_float(-1e6, 1e6, nonzero=True),
     help="Multiply the scenes' values by this before the stretch (e.g. 10000 for reflectance in "
     "0-1; the default model expects reflectance x 10000). Products (SAFE, Landsat, STAC) read "
     "their own scaling; this applies on top. tile records it; predict reads scenes with the "
@@ -171,7 +194,7 @@ scale_opt = click.option(
 offset_opt = click.option(
     "--offset",
     default=None,
-    type=float,
+    type=finite_float(-1e6, 1e6),
     help="Add this after --scale (a stacked Sentinel-2 L2A file of baseline 04.00+: -1000).  "
     "[default: tile 0; predict the model's]",
 )

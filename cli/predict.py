@@ -212,6 +212,11 @@ def predict(
         remove_stale_temps(outputs)
         for p in outputs:
             if skip_existing and p.exists():
+                if m.exists() and not written_by_cloudcps(m):
+                    raise InputError(
+                        f"--skip-existing: {m} exists and is not a mask cloudcps wrote, so it is "
+                        f"kept as it is; give another {label} for the mask of {scene.name}"
+                    )
                 if m.exists():  # a mask without its report (or probabilities)
                     lost = next(q for q in outputs if not q.exists())
                     raise InputError(

@@ -230,5 +230,8 @@ def tile(
         f"high {', '.join(f'{v:g}' for v in st.high[:3])} (R,G,B)"
     )
     for split, shares in summary.class_shares.items():
+        if not any(shares.values()):  # partial labels only: no pixel of one exact class
+            click.echo(f"class shares {split}: - (partial labels only; see manifest.json)")
+            continue
         parts = ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
         click.echo(f"class shares {split}: {parts}")

@@ -108,7 +108,7 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     "--bn-recalibrate",
     type=int,
     help="Before each validation and checkpoint, set BatchNorm statistics to their mean over N "
-    "batches of labelled crops at scale 1 (0 = off).  [default: 50]",
+    "batches of labelled crops at scale 1 (0 = off; never more than --iters).  [default: 50]",
 )
 @click.option(
     "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"
@@ -124,6 +124,13 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 @click.option("--workers", type=int, help="Data loader processes.  [default: 2]")
 @click.option("--seed", type=int, help="[default: 0]")
 @device_opt
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads of the training process (two trainings on one machine: give each its "
+    "share of the cores, or they slow each other several-fold).  [default: all cores]",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config.")
 @overwrite_opt
@@ -148,6 +155,11 @@ def train(
     """
     from cloudcps.cps import Trainer, resolve_config
 
+    threads = options.pop("threads")
+    if isinstance(threads, int):
+        import torch
+
+        torch.set_num_threads(threads)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     cfg, state = resolve_config(overrides, str(config_file) if config_file else None, resume)
     if config_file is not None:

@@ -123,7 +123,15 @@ class TrainConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"{f.name} is {v}; give a finite number")
+                config_only = f.name in (
+                    "scale_min",
+                    "scale_max",
+                    "momentum",
+                    "weight_decay",
+                    "lr_power",
+                )
+                name = f"{f.name} (config)" if config_only else "--" + f.name.replace("_", "-")
+                raise InputError(f"{name} is {v}; give a finite number")
         if self.class_weights not in ("none", "auto"):
             try:
                 ws = [float(v) for v in self.class_weights.split(",")]

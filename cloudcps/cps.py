@@ -480,18 +480,48 @@ def resolve_config(
                 f"--resume: {latest} holds no training config; it is not a cloudcps train "
                 "checkpoint"
             ) from None
-        for key in ("mode", "arch", "encoder"):
+        # what the saved networks, optimizer state and data pipeline were built with
+        for key in RESUME_FIXED:
             given = overrides.get(key)
             if given is not None and str(given) != str(getattr(base, key)):
+                option = "--" + key.replace("_", "-")
                 raise InputError(
-                    f"--resume: {out} was trained with --{key} {getattr(base, key)}, not "
-                    f"{given}; drop --{key}, or start a new run in another --out"
+                    f"--resume: {out} was trained with {option} {getattr(base, key)}, not "
+                    f"{given}; drop {option}, or start a new run in another --out"
                 )
     if config_file:
         base = load_config(config_file, base)
     cfg = config_from_dict({k: v for k, v in overrides.items() if v is not None}, base)
     cfg.validate()
+    if cfg.init is not None and state is None:
+        _check_init_spec(cfg.init, overrides)
     return cfg, state
+
+
+RESUME_FIXED = ("mode", "arch", "encoder", "optimizer", "encoder_norm", "ema", "synthetic_clouds",
+                "crop")  # fmt: skip
+
+
+def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:
+    """--init takes its networks from a checkpoint: an --arch or --encoder that differs from
+    the checkpoint's would be ignored, so it is refused."""
+    given = {k: overrides.get(k) for k in ("arch", "encoder") if overrides.get(k) is not None}
+    if not given:
+        return
+    from cloudcps.modelfiles import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(init, option="--init")
+    try:
+        spec = ModelSpec.from_dict(load_checkpoint(ckpt)["model"])
+    except (KeyError, TypeError, ValueError):
+        return  # init_from_checkpoint names what the checkpoint lacks
+    for key, value in given.items():
+        if str(value) != str(getattr(spec, key)):
+            raise InputError(
+                f"--init {init} is a {spec.arch} with encoder {spec.encoder}, not --{key} "
+                f"{value}; drop --{key} (fine-tuning keeps the checkpoint's networks) or train "
+                "without --init"
+            )
 
 
 class Trainer:
@@ -569,6 +599,12 @@ class Trainer:
             nets, self.weights_desc = build_pair(
                 self.spec, cfg.encoder_weights, cfg.seed, count=count
             )
+        if cfg.encoder_norm == "frozen" and cfg.encoder_weights == "none" and cfg.init is None:
+            log.warning(
+                "--encoder-norm frozen with --encoder-weights none keeps the BatchNorm statistics "
+                "of a random encoder (mean 0, variance 1) for the whole run; use --encoder-norm "
+                "batch, or pretrained --encoder-weights"
+            )
         self.nets = [self._place(n) for n in nets]
         # an exponential moving average of the weights is what validates, ships and predicts
         self.ema_nets = [_ema_copy(_unwrap(n)) for n in self.nets] if cfg.ema > 0 else []
@@ -608,6 +644,12 @@ class Trainer:
                 counts = total.numpy()
             else:
                 counts = label_class_counts(ds.items, self.k)
+            if counts.sum() == 0:
+                log.warning(
+                    "--class-weights auto: the labelled tiles hold no exactly labelled pixel "
+                    "(partial labels only), so there is nothing to balance and the classes weigh "
+                    "the same; give one weight per class to weigh them"
+                )
             w = balanced_class_weights(torch.from_numpy(counts))
         else:
             values = [float(v) for v in spec.split(",")]
@@ -933,7 +975,7 @@ class Trainer:
         time; synthetic clouds as in training), drawn from a stream fixed by the seed and the
         iteration (so a resumed run gets the same), give each layer the plain mean over all.
         """
-        n = self.cfg.bn_recalibrate
+        n = min(self.cfg.bn_recalibrate, self.cfg.iters)  # scaled to the run: a 2-step test
         if n <= 0:
             return
         nets = self.eval_nets()

@@ -36,7 +36,7 @@ from cloudcps.io import (
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
 from cloudcps.predict import NODATA, class_colours
-from cloudcps.tiling import GDAL_ENV, IGNORE_INDEX
+from cloudcps.tiling import IGNORE_INDEX, gdal_env, is_partial, partial_classes
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ def evaluate_models_on_tiles(
         items, None, True, folder.contract.mean, folder.contract.std, folder.contract.num_classes
     )
     cms = {name: np.zeros((fold.num_out, fold.num_out), np.int64) for name, _ in models}
+    k = len(classes)
+    by_code = {name: np.zeros((256, k), np.int64) for name, _ in models}  # partial labels too
     per_tile: list[tuple[int, str]] = []
     preds: dict[str, dict[str, np.ndarray]] = {name: {} for name, _ in models}
     for i in tqdm(range(len(ds)), desc="evaluate", unit="tile", disable=not progress):
@@ -171,6 +173,9 @@ def evaluate_models_on_tiles(
         for name, m in models:
             pred = m.model.to(dev)(x)[..., :h, :w].argmax(1)[0].cpu().numpy().astype(np.uint8)
             cms[name] += confusion_matrix(fold.apply(pred), ref_f, fold.num_out)
+            by_code[name] += np.bincount(
+                ref.astype(np.int64).ravel() * k + pred.ravel(), minlength=256 * k
+            ).reshape(256, k)
             preds[name][s["id"]] = pred
         per_tile.append((len(np.unique(ref[ref != IGNORE_INDEX])), s["id"]))
     chosen = [tid for _, tid in sorted(per_tile, key=lambda t: (-t[0], t[1]))[:n_samples]]
@@ -186,10 +191,20 @@ def evaluate_models_on_tiles(
                 "predictions": {name: preds[name][tid] for name, _ in models},
             }
         )
+    names, how = tuple(fold.names), ""
+    if merge is None and all(cm.sum() == 0 for cm in cms.values()):
+        # partial labels only (e.g. 0|3 and 1|2): score per group, as train validates them
+        from cloudcps.cps import validation_scores
+
+        grouped = {name: validation_scores(c, list(classes)) for name, c in by_code.items()}
+        if all(g.get("grouped") for g in grouped.values()):
+            names = tuple(next(iter(grouped.values()))["classes"])
+            cms = {n: np.asarray(g["confusion"], np.int64) for n, g in grouped.items()}
+            how = ", by groups of the partial labels"
     return Evaluation(
-        classes=fold.names,
+        classes=names,
         confusion=cms,
-        source=f"tiles {data} split {split} ({len(items)} tiles)",
+        source=f"tiles {data} split {split} ({len(items)} tiles{how})",
         samples=samples,
         details={"fold": list(fold.lut), "original_classes": list(classes)},
     )
@@ -328,7 +343,7 @@ def evaluate_rasters(
     samples: list[dict[str, Any]] = []
     for pp, rp in pairs:
         with (
-            rasterio.Env(**GDAL_ENV),
+            rasterio.Env(**gdal_env()),
             open_raster(pp, "prediction") as pred,
             open_raster(rp, "reference") as ref,
             reading(f"{pp} or {rp}", "prediction or reference"),
@@ -453,6 +468,16 @@ def _reference_lut(label_map: dict[int, int] | None, k: int, nodata: float | Non
     lut = np.full(65536, 254, np.uint8)
     if label_map:
         bad = sorted(d for d in label_map.values() if not (0 <= d < k or d == IGNORE_INDEX))
+        sets = sorted(d for d in bad if is_partial(d))
+        if sets:
+            src = next(s for s, d in label_map.items() if d == sets[0])
+            allowed = "|".join(map(str, partial_classes(sets[0])))
+            raise InputError(
+                f"--label-map {src}:{allowed}: evaluate scores one class per reference value, not "
+                "a set of classes (sets are for tile); map each value to one class and score "
+                "coarse classes together with --merge (e.g. --label-map 0:0,1:1 --merge 0,3:0 "
+                "--merge 1,2:1)"
+            )
         if bad:
             raise InputError(f"--label-map sends values to {bad}; the classes are 0..{k - 1}")
         for src, dst in label_map.items():

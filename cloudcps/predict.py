@@ -68,7 +68,7 @@ from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: w
     sidecars,
     source_tags,
 )
-from cloudcps.tiling import GDAL_ENV, DataContract, Stretch
+from cloudcps.tiling import DataContract, Stretch, gdal_env, scale_values
 
 if TYPE_CHECKING:
     import torch
@@ -277,9 +277,7 @@ class InputTransform:
         self._luts: dict[str, np.ndarray] = {}
 
     def _scaled(self, data: np.ndarray) -> np.ndarray:
-        if self.scale != 1.0 or self.offset != 0.0:
-            return data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
-        return data
+        return scale_values(data, self.scale, self.offset)
 
     def _lut(self, dtype: np.dtype[Any], bands: int) -> np.ndarray:
         key = f"{dtype.str}:{bands}"
@@ -739,8 +737,9 @@ def check_value_range(
     if st.method == "none":
         return None
     data, valid = sample or sample_scene(src, bands)
-    values = data[:, valid].astype(np.float64)
-    values = values[:, np.all(np.isfinite(values), axis=0)] * scale + offset
+    with np.errstate(over="ignore"):  # a float64 scene near its largest values
+        values = data[:, valid].astype(np.float64) * scale + offset
+    values = values[:, np.all(np.isfinite(values), axis=0)]
     if values.size == 0:
         return None
     lo, hi = min(st.low), max(st.high)
@@ -866,7 +865,7 @@ def scene_bands(
     """Open a scene and resolve the bands that feed the model (:func:`resolve_bands`): the
     checks :func:`predict_scene` makes, to make them for every scene before any work."""
     ref = as_ref(scene)
-    with rasterio.Env(**GDAL_ENV), ref.open(bands) as opened:
+    with rasterio.Env(**gdal_env()), ref.open(bands) as opened:
         return _bands_of(opened, ref, contract, bands)
 
 
@@ -917,7 +916,7 @@ def predict_scene(
         opts.offset,
     )
     quiet_libtiff()
-    with rasterio.Env(**GDAL_ENV), ref.open(opts.bands) as opened:
+    with rasterio.Env(**gdal_env()), ref.open(opts.bands) as opened:
         src = opened.dataset
         bands = _bands_of(opened, ref, contract, opts.bands)
         with reading(ref.name):

@@ -53,6 +53,7 @@ import math
 import os
 import re
 import tarfile
+import time
 import uuid
 import warnings
 import zipfile
@@ -68,8 +69,17 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
+from cloudcps import untrusted
 from cloudcps.errors import InputError
-from cloudcps.io import GDAL_ERRORS, gdal_message, gdal_name, is_virtual_path, open_raster
+from cloudcps.io import (
+    GDAL_ERRORS,
+    contains,
+    gdal_message,
+    gdal_name,
+    is_virtual_path,
+    open_raster,
+)
+from cloudcps.untrusted import safe_name
 
 NODATA = -32768.0
 """No-data value of the stacked products (reflectance x 10000 never reaches it)."""
@@ -113,7 +123,11 @@ class Grid:
 
     def describe(self) -> str:
         res = abs(self.transform[1])
-        return f"{self.width}x{self.height} px at {res:g} m in {self.crs or 'no CRS'}"
+        x0, y0 = self.transform[0], self.transform[3]
+        return (
+            f"{self.width}x{self.height} px at {res:g} m from ({x0:.10g}, {y0:.10g}) in "
+            f"{self.crs or 'no CRS'}"
+        )
 
 
 @dataclass
@@ -158,7 +172,20 @@ def open_scene(
 ) -> Scene:
     """Open ``path`` (a raster, a Sentinel-2 or Landsat product, a STAC item) or the stack of
     ``band_files`` (R, G, B[, NIR]; ``path`` is then only recorded). ``bands`` picks R, G, B[, NIR]
-    of a multi-band raster; for a product it may only repeat the product's own (1, 2, 3[, 4])."""
+    of a multi-band raster; for a product it may only repeat the product's own (1, 2, 3[, 4]).
+
+    GDAL's reads of remote rasters while opening (a STAC item's assets, a raster URL) have the
+    deadline of :func:`cloudcps.untrusted.gdal_http_options`; callers that read the scene's
+    pixels do so under it too (:func:`cloudcps.tiling.gdal_env`)."""
+    with rasterio.Env(**untrusted.gdal_http_options()):
+        return _open_scene(path, bands, band_files)
+
+
+def _open_scene(
+    path: str | Path,
+    bands: tuple[int, ...] | None,
+    band_files: Sequence[str | Path] | None,
+) -> Scene:
     if band_files is not None:
         scene = _open_band_files([Path(p) for p in band_files])
         scene.record["path"] = str(path)
@@ -193,6 +220,7 @@ def open_scene(
         scene = _open_stac(text)
     else:
         src = open_raster(p, "scene")
+        _real_valued(src, f"scene {p}")
         return Scene(
             dataset=src,
             bands=bands,
@@ -208,6 +236,19 @@ def open_scene(
             scaled=False,
         )
     return _check_bands(scene, bands)
+
+
+def _real_valued(src: DatasetReader, name: str) -> None:
+    """Refuse complex bands (``name``: the file in messages): reading them as reflectance would
+    drop the imaginary part. Plain rasters, band files and every band a product stacks."""
+    complex_types = sorted({d for d in src.dtypes if d.startswith("complex")})
+    if complex_types:
+        src.close()
+        raise InputError(
+            f"{name} holds complex values ({complex_types[0]}); cloud masking needs real "
+            "reflectance: convert it first (e.g. gdal_translate -ot Float32 of the band's "
+            "amplitude, gdal_calc.py --calc 'abs(A)')"
+        )
 
 
 def _check_bands(scene: Scene, bands: tuple[int, ...] | None) -> Scene:
@@ -230,13 +271,37 @@ def _check_bands(scene: Scene, bands: tuple[int, ...] | None) -> Scene:
 
 def _grid_of(path: str, what: str, owner: str) -> Grid:
     """The grid of ``path`` (``what`` names it in errors)."""
+    start = time.monotonic()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
+                _real_valued(src, f"{what} of {owner}")
                 crs = src.crs.to_string() if src.crs else ""
                 return Grid(src.width, src.height, crs, tuple(src.transform.to_gdal()))
     except (RasterioError, *GDAL_ERRORS) as exc:
+        remote = re.match(r"^/vsi(curl|s3|gs|az|adls|oss|swift)/", path)
+        timeout = untrusted.fetch_timeout()
+        if remote and time.monotonic() - start >= timeout:  # GDAL_HTTP_TIMEOUT ended a request
+            raise InputError(
+                f"{what} of {owner} did not arrive within {timeout:g} s; check the server (or "
+                "raise CLOUDCPS_FETCH_TIMEOUT)"
+            ) from None
+        if remote:
+            hint = (
+                "check the URL, that its host resolves and the network"
+                if remote.group(1) == "curl"
+                else f"check the object path and your credentials for {remote.group(1)} "
+                "(e.g. AWS_ACCESS_KEY_ID / AWS_NO_SIGN_REQUEST=YES for public s3 buckets)"
+            )
+            raise InputError(
+                f"{what} of {owner} could not be fetched ({gdal_message(exc)}); {hint}"
+            ) from None
+        if not is_virtual_path(path) and not Path(path).exists():
+            raise InputError(
+                f"{what} of {owner} does not exist; the product names a file it does not hold: "
+                "download or unpack it again"
+            ) from None
         raise InputError(
             f"{what} of {owner} could not be opened ({gdal_message(exc)}); the file may be "
             "truncated or corrupt: download it again"
@@ -336,9 +401,9 @@ def _stacked_scene(
 ) -> Scene:
     grid = grid or _one_grid(sources, owner)
     xml = stack_vrt(sources, grid, qa_fill)
-    safe_name = re.sub(r"[^\w.-]", "_", product_id) or "scene"
+    vrt_name = re.sub(r"[^\w.-]", "_", product_id) or "scene"
     mem = MemoryFile(
-        xml.encode(), dirname=f"cloudcps-{uuid.uuid4().hex}", filename=f"{safe_name}.vrt"
+        xml.encode(), dirname=f"cloudcps-{uuid.uuid4().hex}", filename=f"{vrt_name}.vrt"
     )
     try:
         dataset = mem.open()
@@ -377,34 +442,41 @@ def _stacked_scene(
 S2_RGBN = ("B04", "B03", "B02", "B08")
 
 
-def _s2_entry(p: Path) -> tuple[str, str]:
-    """(GDAL name of the product XML, what to call the product in messages)."""
-    if p.is_dir():
-        found = sorted(p.glob("MTD_MSI*.xml"))
+def _s2_entry(p: Path) -> tuple[str, str, str]:
+    """(GDAL name of the product XML, what to call the product in messages, the GDAL name of the
+    product's root: every file GDAL reads must lie under it). The metadata GDAL parses (the
+    product and tile XMLs) is size-checked first: GDAL reads an XML whole."""
+    owner = f"Sentinel-2 product {p}"
+    if p.is_dir() or p.suffix.lower() != ".zip":
+        root = p if p.is_dir() else p.parent
+        found = sorted(root.glob("MTD_MSI*.xml")) if p.is_dir() else [p]
         if not found:
             raise InputError(
                 f"Sentinel-2 product {p} has no MTD_MSIL1C.xml or MTD_MSIL2A.xml; the SAFE folder "
                 "is incomplete: download or unzip it again"
             )
-        return str(found[0].absolute()), str(p)
-    if p.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise InputError(
-                f"Sentinel-2 zip {p} cannot be read ({exc}); download it again"
-            ) from None
-        xmls = sorted(
-            n for n in names if re.fullmatch(r"[^/]+\.SAFE/MTD_MSI\w+\.xml", n, re.IGNORECASE)
+        for xml in [found[0], *sorted(root.glob("GRANULE/*/MTD_TL.xml"))]:
+            untrusted.check_size(xml.stat().st_size, owner, xml.name)
+        return str(found[0].absolute()), str(p), str(root.resolve())
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"Sentinel-2 zip {p} cannot be read ({exc}); download it again") from None
+    xmls = sorted(
+        i.filename
+        for i in infos
+        if re.fullmatch(r"[^/]+\.SAFE/MTD_MSI\w+\.xml", i.filename, re.IGNORECASE)
+    )
+    if not xmls:
+        raise InputError(
+            f"zip {p} holds no Sentinel-2 product (no <name>.SAFE/MTD_MSIL1C.xml or "
+            "MTD_MSIL2A.xml); give a Sentinel-2 .zip, a SAFE folder or a raster"
         )
-        if not xmls:
-            raise InputError(
-                f"zip {p} holds no Sentinel-2 product (no <name>.SAFE/MTD_MSIL1C.xml or "
-                "MTD_MSIL2A.xml); give a Sentinel-2 .zip, a SAFE folder or a raster"
-            )
-        return f"/vsizip/{p.absolute()}/{xmls[0]}", str(p)
-    return str(p.absolute()), str(p)
+    for info in infos:
+        if info.filename.lower().endswith(".xml"):
+            untrusted.check_size(info.file_size, owner, info.filename)
+    return f"/vsizip/{p.absolute()}/{xmls[0]}", str(p), f"/vsizip/{p.absolute()}"
 
 
 def _s2_level(xml: str, owner: str) -> str:
@@ -421,7 +493,7 @@ def _s2_level(xml: str, owner: str) -> str:
 
 
 def _open_sentinel2(p: Path) -> Scene:
-    xml, owner = _s2_entry(p)
+    xml, owner, root = _s2_entry(p)
     level = _s2_level(xml, owner)
     try:
         with rasterio.open(xml) as prod:
@@ -445,21 +517,25 @@ def _open_sentinel2(p: Path) -> Scene:
             f"{', '.join(S2_RGBN)} at 10 m); give a full L1C/L2A product"
         )
     sub = subs[0]
+    _s2_files_inside(files, root, owner, Path(xml).name)
     baseline = tags.get("PROCESSING_BASELINE", "")
     qkey = "BOA_QUANTIFICATION_VALUE" if level == "L2A" else "QUANTIFICATION_VALUE"
     okey = "BOA_ADD_OFFSET" if level == "L2A" else "RADIO_ADD_OFFSET"
-    try:
-        quant = float(tags[qkey])
-    except (KeyError, ValueError):
+    s2 = f"Sentinel-2 product {owner}"
+    if qkey not in tags:
         raise InputError(
             f"Sentinel-2 product {owner}: {Path(xml).name} has no {qkey}; the product XML is "
             "incomplete: download the product again"
-        ) from None
-    if not (math.isfinite(quant) and quant > 0):
-        raise InputError(
-            f"Sentinel-2 product {owner}: {qkey} {quant:g} in {Path(xml).name} is not positive"
         )
-    nodata = float(tags.get("SPECIAL_VALUE_NODATA", "0") or 0)
+    quant = untrusted.number(tags[qkey], s2, Path(xml).name, qkey, 1.0, 1e6)
+    nodata = untrusted.number(
+        tags.get("SPECIAL_VALUE_NODATA", "0") or 0,
+        s2,
+        Path(xml).name,
+        "SPECIAL_VALUE_NODATA",
+        0,
+        65535,
+    )
     sources, missing = [], []
     for band in S2_RGBN:
         short = "B" + band[1:].lstrip("0")  # the driver's descriptions: B4, B8
@@ -479,7 +555,8 @@ def _open_sentinel2(p: Path) -> Scene:
                 )
             offset, origin = 0.0, f"no {okey} (processing baseline {baseline or '?'} < 04.00)"
         else:
-            offset, origin = float(raw), f"{okey} in {Path(xml).name}"
+            offset = untrusted.number(raw, s2, Path(xml).name, f"{okey} of {band}", -65535, 65535)
+            origin = f"{okey} in {Path(xml).name}"
         sources.append(
             BandSource(
                 band,
@@ -492,6 +569,14 @@ def _open_sentinel2(p: Path) -> Scene:
                 file=found[0],
             )
         )
+    uri = tags.get("PRODUCT_URI", "")
+    if len(missing) == 4 and re.sub(r"\.(SAFE|zip)$", "", uri, flags=re.I) != _stem_of_product(p):
+        raise InputError(
+            f"Sentinel-2 product {owner}: PRODUCT_URI {untrusted.shown(uri)} in {Path(xml).name} "
+            f"does not match the product ({_stem_of_product(p)}); GDAL derives the band file "
+            "names from it, so none is found: restore the original XML or download the product "
+            "again"
+        )
     if missing:
         what = "none of its 10 m bands" if len(missing) == 4 else "no " + ", ".join(missing)
         raise InputError(
@@ -499,8 +584,9 @@ def _open_sentinel2(p: Path) -> Scene:
             f"{'R10m/*_B0x_10m' if level == 'L2A' else '*_B0x'}.jp2); the product is incomplete: "
             "download or unzip it again"
         )
-    uri = tags.get("PRODUCT_URI", "")
-    product_id = re.sub(r"\.(SAFE|zip)$", "", uri, flags=re.IGNORECASE) or _stem_of_product(p)
+    product_id = safe_name(
+        re.sub(r"\.(SAFE|zip)$", "", uri, flags=re.IGNORECASE), _stem_of_product(p)
+    )
     record = {
         "path": str(p),
         "product_xml": xml,
@@ -516,6 +602,21 @@ def _open_sentinel2(p: Path) -> Scene:
     )
 
 
+def _s2_files_inside(files: list[str], root: str, owner: str, xml: str) -> None:
+    """Every file GDAL's SENTINEL2 driver opens (named by IMAGE_FILE in the XML) lies in the
+    product: under the SAFE folder, or in its zip."""
+    for f in files:
+        if root.startswith("/vsizip/"):
+            ok = f.startswith(root + "/") and ".." not in Path(f[len(root) :]).parts
+        else:
+            ok = not is_virtual_path(f) and contains(Path(root), Path(f))
+        if not ok:
+            raise InputError(
+                f"Sentinel-2 product {owner}: IMAGE_FILE in {xml} names {f}, outside the product "
+                f"({root}); cloudcps reads only the product's own files: download it again"
+            )
+
+
 def _baseline_at_least(baseline: str, version: float) -> bool:
     try:
         return float(baseline) >= version
@@ -525,7 +626,9 @@ def _baseline_at_least(baseline: str, version: float) -> bool:
 
 def _stem_of_product(p: Path) -> str:
     name = p.parent.name if p.is_file() and p.suffix.lower() == ".xml" else p.name
-    return re.sub(r"\.(SAFE|zip|tar|tar\.gz|tgz)$", "", name, flags=re.IGNORECASE)
+    return re.sub(
+        r"(\.SAFE|\.zip|\.tar|\.tar\.gz|\.tgz|_MTL\.txt|_MTL\.json)$", "", name, flags=re.IGNORECASE
+    )
 
 
 # ----------------------------------------------------------------------------- Landsat
@@ -579,19 +682,10 @@ def _landsat_entry(p: Path) -> tuple[str, str, dict[str, Any], set[str] | None]:
                 f"Landsat product {p} has no *_MTL.txt or *_MTL.json; give a Collection 2 "
                 "product folder"
             )
-        return (
-            str(mtl.parent.absolute()),
-            mtl.name,
-            _read_mtl(mtl.name, mtl.read_text(errors="replace"), str(p)),
-            None,
-        )
+        p = mtl
     if p.suffix.lower() in (".txt", ".json"):
-        return (
-            str(p.parent.absolute()),
-            p.name,
-            _read_mtl(p.name, p.read_text(errors="replace"), str(p)),
-            None,
-        )
+        data = untrusted.read_file_limited(p, f"Landsat product {p.parent}", p.name)
+        return str(p.parent.absolute()), p.name, _read_mtl(p.name, data, str(p)), None
     try:
         with tarfile.open(p) as tf:
             names = [m.name for m in tf.getmembers() if m.isfile()]
@@ -601,22 +695,41 @@ def _landsat_entry(p: Path) -> tuple[str, str, dict[str, Any], set[str] | None]:
                     f"tar {p} holds no Landsat product (no *_MTL.txt or *_MTL.json); give a "
                     "Landsat Collection 2 .tar, its folder or a raster"
                 )
-            member = tf.extractfile(mtls[0])
-            text = member.read().decode(errors="replace") if member else ""
+            info = tf.getmember(mtls[0])
+            untrusted.check_size(info.size, f"Landsat product {p}", mtls[0])
+            member = tf.extractfile(info)  # streamed: at most the limit is read
+            data = (
+                untrusted.read_limited(member, f"Landsat product {p}", mtls[0]) if member else b""
+            )
     except (tarfile.TarError, OSError) as exc:
         raise InputError(f"Landsat tar {p} cannot be read ({exc}); download it again") from None
     folder = str(Path(mtls[0]).parent)
     prefix = f"/vsitar/{p.absolute()}" + ("" if folder == "." else f"/{folder}")
     members = {Path(n).name for n in names if str(Path(n).parent) == folder}
-    return prefix, Path(mtls[0]).name, _read_mtl(Path(mtls[0]).name, text, str(p)), members
+    return prefix, Path(mtls[0]).name, _read_mtl(Path(mtls[0]).name, data, str(p)), members
 
 
-def _read_mtl(name: str, text: str, owner: str) -> dict[str, Any]:
+def _landsat_file(
+    value: Any, prefix: str, members: set[str] | None, who: str, mtl: str, field: str
+) -> str:
+    """A band file the MTL names: a base name, and in a folder one that resolves inside it."""
+    name = untrusted.member_name(value, who, mtl, field)
+    if members is None:
+        untrusted.inside(Path(prefix), Path(prefix, name), who, mtl, field)
+    return name
+
+
+def _read_mtl(name: str, data: bytes, owner: str) -> dict[str, Any]:
+    text = untrusted.decode(data, f"Landsat product {owner}", name)
     try:
         doc = json.loads(text) if name.lower().endswith(".json") else parse_mtl(text)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"Landsat product {owner}: {name} is not valid JSON ({exc}); download it again"
+        ) from None
+    except RecursionError:
+        raise InputError(
+            f"Landsat product {owner}: {name} is nested too deeply to be an MTL; download it again"
         ) from None
     meta = doc.get("LANDSAT_METADATA_FILE") if isinstance(doc, dict) else None
     if not isinstance(meta, dict):
@@ -630,16 +743,18 @@ def _read_mtl(name: str, text: str, owner: str) -> dict[str, Any]:
 def _open_landsat(p: Path) -> Scene:
     prefix, mtl_name, meta, members = _landsat_entry(p)
     owner = str(p)
-    contents = meta.get("PRODUCT_CONTENTS", {})
-    attrs = meta.get("IMAGE_ATTRIBUTES", {})
-    level = str(contents.get("PROCESSING_LEVEL", "")).upper()
+    who = f"Landsat product {owner}"
+    contents = untrusted.group(meta, "PRODUCT_CONTENTS", who, mtl_name)
+    attrs = untrusted.group(meta, "IMAGE_ATTRIBUTES", who, mtl_name)
+    level = untrusted.text(contents.get("PROCESSING_LEVEL", ""), who, mtl_name, "PROCESSING_LEVEL")
+    level = level.upper()
     if level not in LANDSAT_L1 + LANDSAT_L2:
         raise InputError(
             f"Landsat product {owner} is of processing level {level or '(none given)'} "
             f"({mtl_name}), which is not supported; give a Level-1 ({', '.join(LANDSAT_L1)}) or "
             f"Level-2 ({', '.join(LANDSAT_L2)}) product"
         )
-    sensor = str(attrs.get("SENSOR_ID", "")).upper()
+    sensor = untrusted.text(attrs.get("SENSOR_ID", ""), who, mtl_name, "SENSOR_ID").upper()
     if sensor not in LANDSAT_RGBN:
         raise InputError(
             f"Landsat product {owner}: sensor {sensor or '(none given)'} in {mtl_name} is not "
@@ -647,39 +762,37 @@ def _open_landsat(p: Path) -> Scene:
         )
     l2 = level in LANDSAT_L2
     group_name = "LEVEL2_SURFACE_REFLECTANCE_PARAMETERS" if l2 else "LEVEL1_RADIOMETRIC_RESCALING"
-    group = meta.get(group_name, {})
+    group = untrusted.group(meta, group_name, who, mtl_name)
     sun = 1.0
+    elevation = None
     if not l2:
-        try:
-            elevation = float(attrs["SUN_ELEVATION"])
-        except (KeyError, ValueError):
+        if "SUN_ELEVATION" not in attrs:
             raise InputError(
                 f"Landsat product {owner}: {mtl_name} has no SUN_ELEVATION in IMAGE_ATTRIBUTES, "
                 "needed for Level-1 reflectance; download the product again"
-            ) from None
-        sun = math.sin(math.radians(elevation))
-        if sun <= 0:
-            raise InputError(
-                f"Landsat product {owner}: SUN_ELEVATION {elevation:g} in {mtl_name} is not "
-                "above the horizon; the MTL is damaged: download the product again"
             )
+        # below 1 degree top-of-atmosphere reflectance (/ sin) is meaningless
+        elevation = untrusted.number(attrs["SUN_ELEVATION"], who, mtl_name, "SUN_ELEVATION", 1, 90)
+        sun = math.sin(math.radians(elevation))
     sources = []
     for number in LANDSAT_RGBN[sensor]:
-        try:
-            mult = float(group[f"REFLECTANCE_MULT_BAND_{number}"])
-            add = float(group[f"REFLECTANCE_ADD_BAND_{number}"])
-        except (KeyError, ValueError, TypeError):
+        keys = (f"REFLECTANCE_MULT_BAND_{number}", f"REFLECTANCE_ADD_BAND_{number}")
+        if any(k not in group for k in keys):
             raise InputError(
                 f"Landsat product {owner}: {mtl_name} has no REFLECTANCE_MULT_BAND_{number} / "
                 f"REFLECTANCE_ADD_BAND_{number} in {group_name}; the MTL is incomplete: download "
                 "the product again"
-            ) from None
+            )
+        where = f"{group_name} of {mtl_name}"
+        mult = untrusted.number(group[keys[0]], who, where, keys[0], 0, 1, nonzero=True)
+        add = untrusted.number(group[keys[1]], who, where, keys[1], -10, 10)
         fname = contents.get(f"FILE_NAME_BAND_{number}")
         if not fname:
             raise InputError(
                 f"Landsat product {owner}: {mtl_name} names no FILE_NAME_BAND_{number}; "
                 "download the product again"
             )
+        fname = _landsat_file(fname, prefix, members, who, mtl_name, f"FILE_NAME_BAND_{number}")
         present = (fname in members) if members is not None else Path(prefix, fname).exists()
         if not present:
             raise InputError(
@@ -700,18 +813,20 @@ def _open_landsat(p: Path) -> Scene:
     qa_name = contents.get("FILE_NAME_QUALITY_L1_PIXEL")
     qa = None
     if qa_name:
+        field = "FILE_NAME_QUALITY_L1_PIXEL"
+        qa_name = _landsat_file(qa_name, prefix, members, who, mtl_name, field)
         present = (qa_name in members) if members is not None else Path(prefix, qa_name).exists()
         qa = f"{prefix}/{qa_name}" if present else None
     if qa is not None:
         _one_grid([*sources, BandSource("QA_PIXEL", qa)], owner)
-    product_id = str(contents.get("LANDSAT_PRODUCT_ID") or _stem_of_product(p))
+    product_id = safe_name(contents.get("LANDSAT_PRODUCT_ID"), _stem_of_product(p))
     record = {
         "path": str(p),
         "mtl": f"{prefix}/{mtl_name}",
         "sensor": sensor,
         "spacecraft": attrs.get("SPACECRAFT_ID"),
         "processing_level": level,
-        "sun_elevation": None if l2 else float(attrs["SUN_ELEVATION"]),
+        "sun_elevation": elevation,
         "scaling": (
             "DN * REFLECTANCE_MULT_BAND_n + REFLECTANCE_ADD_BAND_n, x 10000"
             if l2
@@ -736,21 +851,23 @@ STAC_NAMES = {"red": ("red",), "green": ("green",), "blue": ("blue",), "nir": ("
 
 
 def _load_item(where: str) -> tuple[dict[str, Any], str]:
-    """(the item, the base its relative hrefs resolve against)."""
+    """(the item, the base its relative hrefs resolve against); bounded in size and, for a URL,
+    in time (:mod:`cloudcps.untrusted`)."""
     try:
         if re.match(r"^https?://", where):
-            from urllib.request import urlopen
-
-            with urlopen(where, timeout=60) as response:
-                text = response.read().decode()
+            data = untrusted.fetch_url(where, "STAC item")
             base = where
         else:
-            text = Path(where).read_text()
+            data = untrusted.read_file_limited(Path(where), f"STAC item {where}", "the file")
             base = str(Path(where).resolve().parent) + "/"
-        item = json.loads(text)
+        item = json.loads(untrusted.decode(data, f"STAC item {where}", "the item"))
     except json.JSONDecodeError as exc:
         raise InputError(
             f"STAC item {where} is not valid JSON ({exc}); give a STAC Item JSON file"
+        ) from None
+    except RecursionError:
+        raise InputError(
+            f"STAC item {where} is nested too deeply to be a STAC Item; give one item's JSON"
         ) from None
     except OSError as exc:
         raise InputError(f"STAC item {where} cannot be read ({exc})") from None
@@ -766,15 +883,18 @@ def _load_item(where: str) -> tuple[dict[str, Any], str]:
     return item, base
 
 
-def _gdal_href(href: str, base: str) -> str:
-    if href.startswith("file://"):
+def _gdal_href(href: str, base: str, owner: str, field: str) -> str:
+    """The GDAL name of an asset: an item read from a URL resolves every href against it (RFC
+    3986: ``/a.tif`` is on the same host) and may name remote assets only; a local item's
+    relative hrefs must stay in its folder (its absolute paths and ``file://`` are the user's)."""
+    if re.match(r"^https?://", base):
+        href = urljoin(base, href)
+        untrusted.remote_href(href, owner, field)
+    elif href.startswith("file://"):
         return urlparse(href).path
-    if not re.match(r"^[a-z][a-z0-9+.-]*://", href) and not href.startswith("/"):
-        href = (
-            urljoin(base, href)
-            if re.match(r"^https?://", base)
-            else str(Path(base, href).resolve())
-        )
+    elif not re.match(r"^[a-z][a-z0-9+.-]*://", href) and not href.startswith("/"):
+        local = Path(base, href)
+        return str(untrusted.inside(Path(base), local, owner, "the item", field))
     if re.match(r"^https?://", href):
         return "/vsicurl/" + href
     if href.startswith("s3://"):
@@ -784,13 +904,21 @@ def _gdal_href(href: str, base: str) -> str:
     return href
 
 
-def _asset_bands(asset: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _asset_bands(
+    asset: dict[str, Any], owner: str, key: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(eo band descriptions, raster band descriptions) of an asset, STAC 1.0 or 1.1."""
     eo = asset.get("eo:bands")
     raster = asset.get("raster:bands")
-    if eo is None and raster is None and isinstance(asset.get("bands"), list):  # STAC 1.1
+    fields = ("eo:bands", "raster:bands")
+    if eo is None and raster is None and asset.get("bands") is not None:  # STAC 1.1
         eo = raster = asset["bands"]
-    return list(eo or []), list(raster or [])
+        fields = ("bands", "bands")
+    where = f"asset {key!r}"
+    return (
+        untrusted.objects(eo, owner, where, fields[0]),
+        untrusted.objects(raster, owner, where, fields[1]),
+    )
 
 
 def _common_name(band: dict[str, Any]) -> str | None:
@@ -798,7 +926,7 @@ def _common_name(band: dict[str, Any]) -> str | None:
     return str(name).lower() if name else None
 
 
-def _pick_asset(item: dict[str, Any], want: str) -> tuple[str, int] | None:
+def _pick_asset(item: dict[str, Any], want: str, owner: str) -> tuple[str, int] | None:
     """(asset key, 1-based band) for common name ``want``: single-band assets first, the key
     equal to the name first, then multi-band assets, then assets keyed by the name alone."""
     names = STAC_NAMES[want]
@@ -806,7 +934,7 @@ def _pick_asset(item: dict[str, Any], want: str) -> tuple[str, int] | None:
     for key, asset in item["assets"].items():
         if not isinstance(asset, dict) or "href" not in asset:
             continue
-        eo, _ = _asset_bands(asset)
+        eo, _ = _asset_bands(asset, owner, key)
         for i, band in enumerate(eo, start=1):
             if _common_name(band) in names:
                 hits.append((len(eo) > 1, key.lower() not in names, key, i))
@@ -822,11 +950,12 @@ def _pick_asset(item: dict[str, Any], want: str) -> tuple[str, int] | None:
 
 def _open_stac(where: str) -> Scene:
     item, base = _load_item(where)
-    item_id = str(item.get("id") or Path(urlparse(where).path).stem)
+    owner = f"STAC item {where}"
+    item_id = safe_name(item.get("id"), Path(urlparse(where).path).stem)
     sources: list[BandSource] = []
     scaled = False
     for want in ("red", "green", "blue", "nir"):
-        pick = _pick_asset(item, want)
+        pick = _pick_asset(item, want, owner)
         if pick is None:
             if want == "nir":
                 continue
@@ -837,37 +966,63 @@ def _open_stac(where: str) -> Scene:
             )
         key, band = pick
         asset = item["assets"][key]
-        _, raster = _asset_bands(asset)
+        _, raster = _asset_bands(asset, owner, key)
         rb = raster[band - 1] if len(raster) >= band else {}
         scale, offset = rb.get("scale"), rb.get("offset")
         nodata = rb.get("nodata", asset.get("nodata"))
+        where_band = f"raster:bands of asset {key!r}"
+        if nodata is not None and not (isinstance(nodata, str) and nodata.lower() == "nan"):
+            nodata = untrusted.number(nodata, owner, where_band, "nodata", -3.4e38, 3.4e38)
+            nodata = None if math.isnan(nodata) else nodata
+        else:
+            nodata = None
         if scale is not None or offset is not None:
             scaled = True
-            ratio = 10000.0 * float(1.0 if scale is None else scale)
-            shift = 10000.0 * float(offset or 0.0)
+            # |scale|, |offset| <= 100: reflectance x 10000 then stays within float32 and sane
+            ratio = 10000.0 * (
+                1.0
+                if scale is None
+                else untrusted.number(scale, owner, where_band, "scale", -100, 100, nonzero=True)
+            )
+            shift = 10000.0 * (
+                0.0
+                if offset is None
+                else untrusted.number(offset, owner, where_band, "offset", -100, 100)
+            )
             origin = f"raster:bands scale/offset of asset {key!r} in the item, x 10000"
         else:
             ratio, shift, origin = 1.0, 0.0, "none in the item (values as stored)"
         sources.append(
             BandSource(
                 key,
-                _gdal_href(str(asset["href"]), base),
+                _gdal_href(
+                    untrusted.text(asset["href"], owner, f"asset {key!r}", "href", numbers=False),
+                    base,
+                    owner,
+                    f"href of asset {key!r}",
+                ),
                 band,
                 scale=ratio,
                 offset=shift,
-                nodata=None if nodata is None or nodata == "nan" else float(nodata),
+                nodata=nodata,
                 scaling_from=origin,
             )
         )
     if not scaled:  # no asset gave scaling: values as stored, the caller's --scale applies
         for s in sources:
             s.scaling_from = "none in the item (values as stored)"
-    props = item.get("properties", {}) if isinstance(item.get("properties"), dict) else {}
+    props = untrusted.group(item, "properties", owner, "the item")
+    instruments = props.get("instruments") or []
+    if not (isinstance(instruments, list) and all(isinstance(i, str) for i in instruments)):
+        raise InputError(
+            f"{owner}: properties.instruments is {untrusted.shown(instruments, 40)}, not a list "
+            "of names; fix or regenerate the item"
+        )
     record = {
         "path": where,
         "item_id": item_id,
         "collection": item.get("collection"),
-        "sensor": ", ".join(props.get("instruments", []) or []) or None,
+        "sensor": ", ".join(instruments) or None,
         "platform": props.get("platform"),
         "processing_level": props.get("processing:level") or props.get("s2:product_type"),
         "scaling": "DN * scale + offset from raster:bands, x 10000" if scaled else "none",
@@ -878,7 +1033,7 @@ def _open_stac(where: str) -> Scene:
         product_id=item_id,
         record=record,
         scaled=scaled,
-        owner=f"STAC item {where}",
+        owner=owner,
     )
 
 
@@ -894,6 +1049,7 @@ def _open_band_files(files: list[Path]) -> Scene:
     sources = []
     for role, f in zip(("R", "G", "B", "NIR"), files, strict=False):
         with open_raster(f, "band file") as src:
+            _real_valued(src, f"band file {f}")
             if src.count != 1:
                 raise InputError(
                     f"band file {f} has {src.count} bands; --band-files takes single-band files "
@@ -951,7 +1107,7 @@ class SceneRef:
         """The scene in messages."""
         if self.band_files:
             return "--band-files " + ",".join(str(f) for f in self.band_files)
-        return str(self.path)
+        return gdal_name(self.path)  # a URL keeps its // (pathlib collapses it)
 
     @property
     def inputs(self) -> list[Path]:

@@ -42,6 +42,7 @@ from cloudcps.io import (
     write_json,
     writing,
 )
+from cloudcps.untrusted import gdal_http_options
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF", ".png", ".img", ".jp2", ".vrt")
 GDAL_ENV = {"GDAL_CACHEMAX": 128 * 1024 * 1024}
+
+
+def gdal_env() -> dict[str, Any]:
+    """GDAL's options while a scene is opened and read: the block cache, and the deadline of
+    remote reads (:func:`cloudcps.untrusted.gdal_http_options`)."""
+    return {**GDAL_ENV, **gdal_http_options()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,14 +232,20 @@ class Stretch:
         n = data.shape[0]
         lo = np.asarray(self.low[:n], dtype=np.float32).reshape(n, 1, 1)
         hi = np.asarray(self.high[:n], dtype=np.float32).reshape(n, 1, 1)
-        if self.method == "none":
-            return np.clip(data, 0, 255).astype(np.uint8)
-        if self.gamma == 1.0:
-            scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo))
-        else:
-            t = np.clip((data.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
-            scaled = 255.0 * t ** np.float32(1.0 / self.gamma)
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        # a range that float32 cannot tell apart (huge values: high = low + 1 rounds to low)
+        # is one unit wide, as resolve_stretch means it
+        span = np.where(hi > lo, hi - lo, np.float32(1.0))
+        # values beyond float32 (+-inf, or huge ones the arithmetic overflows) go to 0 or 255
+        # without numpy's overflow warning; NaN (no data, masked by the caller) casts silently
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.method == "none":
+                return np.clip(data, 0, 255).astype(np.uint8)
+            if self.gamma == 1.0:
+                scaled = (data.astype(np.float32) - lo) * (255.0 / span)
+            else:
+                t = np.clip((data.astype(np.float32) - lo) / span, 0.0, 1.0)
+                scaled = 255.0 * t ** np.float32(1.0 / self.gamma)
+            return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -463,11 +476,19 @@ def _open_scene_source(scene: SceneInfo) -> rasterio.DatasetReader:
     return rasterio.open(scene.source)
 
 
+def scale_values(data: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """``data * scale + offset`` in float32: ``--scale`` / ``--offset``, in tile and predict
+    alike. A result beyond float32 (an extreme value times a large factor) is +-inf, which the
+    stretch maps to its top or bottom, as the value is: numpy's overflow warning is not shown."""
+    if (scale, offset) == (1.0, 0.0):
+        return data
+    with np.errstate(over="ignore"):
+        return data.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
 def _scaled(data: np.ndarray, opts: TileOptions) -> np.ndarray:
     """``--scale`` / ``--offset`` (the values that predict reads get the same)."""
-    if (opts.scale, opts.offset) == (1.0, 0.0):
-        return data
-    return data.astype(np.float32) * np.float32(opts.scale) + np.float32(opts.offset)
+    return scale_values(data, opts.scale, opts.offset)
 
 
 def _crs_str(crs: CRS | None) -> str | None:
@@ -655,7 +676,7 @@ def _sample_scene(
     scene: SceneInfo, bands: Sequence[int], opts: TileOptions, max_side: int = 768
 ) -> np.ndarray:
     """Valid pixel values (n, bands) of a decimated read of the scene (after --scale/--offset)."""
-    with rasterio.Env(**GDAL_ENV), _open_scene_source(scene) as src, reading(scene.name):
+    with rasterio.Env(**gdal_env()), _open_scene_source(scene) as src, reading(scene.name):
         f = max(1.0, max(src.width, src.height) / max_side)
         shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
@@ -768,7 +789,7 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
     t = opts.tile_size
     records: list[dict[str, Any]] = []
     skipped = 0
-    with rasterio.Env(**GDAL_ENV), _open_scene_source(scene) as src:
+    with rasterio.Env(**gdal_env()), _open_scene_source(scene) as src:
         lab = open_raster(scene.label, "label raster") if scene.label else None
         try:
             to_class = _label_lut(opts.label_map, k, lab.nodata)[0] if lab else None
@@ -1022,6 +1043,11 @@ def tile_scenes(
     seen: dict[str, Path] = {}
     for s in infos:
         if s.id in seen:
+            if s.product_id:  # e.g. X.SAFE and X.zip: one product, named by its metadata
+                raise InputError(
+                    f"scenes {seen[s.id]} and {s.path} are the same product {s.id!r} (the id "
+                    "comes from the product's metadata, not its file name); give only one of them"
+                )
             raise InputError(
                 f"scenes {seen[s.id]} and {s.path} share the name {s.id!r}; tile ids and label "
                 "lookup use file names, so rename one"
@@ -1105,8 +1131,11 @@ def tile_scenes(
             for t in pool
             if sum(t["class_counts"]) + sum(t.get("partial_counts", {}).values()) > 0
         ]
-        labeled = choose_labeled(
-            pool, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
+        # --clear tiles all go to the labelled split (README, --help); the others are drawn
+        clear_ids = {t["id"] for t in pool if t["scene"] in {s.id for s in infos if s.clear}}
+        drawn = [t for t in pool if t["id"] not in clear_ids]
+        labeled = clear_ids | choose_labeled(
+            drawn, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
         )
         unlabeled = [t["id"] for t in tiles if role[t["scene"]] != "val" and t["id"] not in labeled]
         splits = {

@@ -547,7 +547,7 @@ def test_sigterm_during_predict_leaves_nothing(tiny_run: Path, tmp_path: Path) -
     p.send_signal(signal.SIGTERM)
     code = p.wait(timeout=60)
     err = p.stderr.read() if p.stderr else ""
-    assert code == 1 and "interrupted" in err and "Traceback" not in err, err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, err
     assert snapshot(tmp_path) == before
 
 
