@@ -499,7 +499,7 @@ def resolve_config(
 
 
 RESUME_FIXED = ("mode", "arch", "encoder", "optimizer", "encoder_norm", "ema", "synthetic_clouds",
-                "crop")  # fmt: skip
+                "synthetic_thin_alpha", "paste_clouds", "pseudo_labels", "crop")  # fmt: skip
 
 
 def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:

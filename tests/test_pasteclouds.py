@@ -117,6 +117,11 @@ def test_training_samples_get_pasted_clouds_and_resume_is_exact(
         whole.nets[0].state_dict().items(), resumed.nets[0].state_dict().values(), strict=True
     ):
         assert torch.equal(va, vb), k
+    # a resumed run keeps the composites it started with
+    res = CliRunner().invoke(
+        cli, ["train", "--out", str(tmp_path / "B"), "--resume", "--paste-clouds", "0.2"]
+    )
+    assert res.exit_code == 1 and "was trained with --paste-clouds 0.7" in res.output
 
 
 @pytest.mark.parametrize(
