@@ -28,7 +28,6 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,45 +236,3 @@ def uncertainty_report(path: Path, members: int, sink: UncertaintySink) -> dict[
         "unsure_threshold": UNSURE,
         "unsure_percent": sink.unsure_percent,
     }
-
-
-@dataclass
-class TileScore:
-    """What one tile's prediction leaves for ranking: per-class sums over its valid pixels."""
-
-    classes: np.ndarray  # (h, w) uint8 class ids, 255 outside the valid pixels
-    uncertainty: np.ndarray  # (h, w) uint8 0..255
-    valid: np.ndarray  # (h, w) bool
-    prob_sum: np.ndarray  # (K,) sum of the mean probabilities over valid pixels
-    weighted_u: np.ndarray  # (K,) sum of u x p_c over valid pixels
-
-
-class ArrayUncertaintySink:
-    """Collects one tile's classes, uncertainty and per-class sums (see :class:`TileScore`)."""
-
-    def __init__(self, height: int, width: int, k: int) -> None:
-        self.k = k
-        self.classes = np.full((height, width), 255, np.uint8)
-        self.u8 = np.zeros((height, width), np.uint8)
-        self.valid = np.zeros((height, width), bool)
-        self.prob_sum = np.zeros(k, np.float64)
-        self.weighted_u = np.zeros(k, np.float64)
-
-    def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        from cloudcps.predict import argmax_classes
-
-        mean, u = split_members(probs, self.k)
-        h, w = valid.shape
-        cls = argmax_classes(mean)
-        cls[~valid] = 255
-        q = to_u8(u)
-        q[~valid] = 0
-        self.classes[row : row + h, col : col + w] = cls
-        self.u8[row : row + h, col : col + w] = q
-        self.valid[row : row + h, col : col + w] = valid
-        pv = mean[:, valid].astype(np.float64)
-        self.prob_sum += pv.sum(axis=1)
-        self.weighted_u += pv @ u[valid].astype(np.float64)
-
-    def result(self) -> TileScore:
-        return TileScore(self.classes, self.u8, self.valid, self.prob_sum, self.weighted_u)

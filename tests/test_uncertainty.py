@@ -11,10 +11,10 @@ import rasterio
 
 from cloudcps.backends import InferenceModel
 from cloudcps.predict import Predictor, predict_scene
+from cloudcps.suggest import ArrayUncertaintySink
 from cloudcps.tiling import DataContract, Stretch
 from cloudcps.uncertainty import (
     UNSURE_U8,
-    ArrayUncertaintySink,
     PairRunner,
     disagreement,
     entropy,
