@@ -184,3 +184,86 @@ def test_existing_outputs_are_kept_without_overwrite(
     r = _suggest(tiny_run, tiny_tiles, mine, "--count", "2", "--overwrite")
     assert r.exit_code == 0, r.output
     assert len(list((mine / "labels").iterdir())) == 2
+
+
+def _tile_cli(root: Path, out: Path, *label_dirs: Path) -> Any:
+    from tests.conftest import LMAP
+
+    scenes = [root / "scenes" / f"s{i}.tif" for i in range(3)]
+    dirs = [a for d in label_dirs for a in ("--label-dir", d)]
+    opts = ["--label-map", LMAP, "--tile-size", "64", "--labeled-fraction", "1", "--val", "s2"]
+    return run("tile", *scenes, *dirs, *opts, "--format", "png", "--out", out)
+
+
+@pytest.fixture
+def loop_root(tmp_path: Path) -> Path:
+    """s0 labelled, s1 without a label raster, s2 labelled (validation)."""
+    from tests.conftest import scene_pair
+
+    for i in range(3):
+        scene_pair(tmp_path, f"s{i}", 128, 128, seed=i, x0=500000.0 + 1e4 * i)
+    (tmp_path / "labels" / "s1.tif").unlink()
+    return tmp_path
+
+
+def test_one_round_of_the_loop(tiny_run: Path, loop_root: Path) -> None:
+    tiles0 = loop_root / "tiles0"
+    assert _tile_cli(loop_root, tiles0, loop_root / "labels").exit_code == 0
+    before = (tiles0 / "splits" / "labeled.txt").read_text().split()
+    assert before and all(t.startswith("s0_") for t in before)
+    r1 = loop_root / "round1"
+    assert _suggest(tiny_run, tiles0, r1, "--count", "2").exit_code == 0
+    suggested = [r["tile"] for r in csv.DictReader((r1 / "suggestions.csv").open())]
+    assert len(suggested) == 2 and all(t.startswith("s1_") for t in suggested)
+    # the person corrects the first template: its top rows are thin cloud
+    first = r1 / "labels" / f"{suggested[0]}.tif"
+    with rasterio.open(first, "r+") as dst:
+        lab = dst.read(1)
+        lab[:8] = 2
+        dst.write(lab, 1)
+    tiles1 = loop_root / "tiles1"
+    r = _tile_cli(loop_root, tiles1, loop_root / "labels", r1 / "labels")
+    assert r.exit_code == 0, r.output
+    after = (tiles1 / "splits" / "labeled.txt").read_text().split()
+    assert set(after) == set(before) | set(suggested)  # the earlier labelled tiles stay
+    assert not set(suggested) & set((tiles1 / "splits" / "unlabeled.txt").read_text().split())
+    manifest = json.loads((tiles1 / "manifest.json").read_text())
+    tiles = {t["id"]: t for t in manifest["tiles"]}
+    assert manifest["label_rounds"] == {"0": len(before), "1": 2}
+    assert all(tiles[t]["label_round"] == 0 for t in before)
+    for tid in suggested:
+        assert tiles[tid]["label_round"] == 1 and tiles[tid]["label_files"] == [f"{tid}.tif"]
+    s1 = next(s for s in manifest["scenes"] if s["id"] == "s1")
+    assert {Path(tl["path"]).name for tl in s1["tile_labels"]} == {f"{t}.tif" for t in suggested}
+    # the tile's label is the corrected template, 255 where it was left unlabelled
+    from PIL import Image
+
+    with rasterio.open(first) as src:
+        template = src.read(1)
+    label = np.asarray(Image.open(tiles1 / tiles[suggested[0]]["label"]))
+    assert np.array_equal(label, template) and (label[:8] == 2).all()
+    # the next suggestions are of round 2
+    r2 = loop_root / "round2"
+    assert _suggest(tiny_run, tiles1, r2, "--count", "1").exit_code == 0
+    assert json.loads((r2 / "suggest.json").read_text())["label_round"] == 2
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [("value", ["holds values [7]", "class ids"]), ("shift", ["pixel corner"])],
+)
+def test_bad_tile_labels_are_refused(loop_root: Path, edit: str, words: list[str]) -> None:
+    from tests.conftest import write_raster
+
+    lab = np.zeros((64, 64), np.uint8)
+    x0, y0 = 500000.0 + 1e4 + 64 * 30, 5000000.0
+    if edit == "value":
+        lab[0, 0] = 7
+    else:
+        x0 += 15.0  # half a pixel off the scene's grid
+    d = loop_root / "fixes"
+    path = write_raster(d / "s1_r00000_c00064.tif", lab, transform=Affine(30, 0, x0, 0, -30, y0))
+    out = loop_root / "t"
+    r = _tile_cli(loop_root, out, loop_root / "labels", d)
+    _refused(r, str(path), *words)
+    assert not out.exists()
