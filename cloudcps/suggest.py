@@ -171,7 +171,7 @@ class TileTransform(InputTransform):
         return out
 
 
-def _read_tile(folder: Any, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
+def read_tile(folder: Any, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The RGB image (3, h, w) uint8 and valid mask (h, w) of a tile of a ``TileFolder``."""
     from PIL import Image
 
@@ -310,7 +310,7 @@ def suggest_tiles(
 
     cands: list[Candidate] = []
     for tid in tqdm(ids, desc="suggest", unit="tile", disable=not progress):
-        image, valid = _read_tile(folder, tid)
+        image, valid = read_tile(folder, tid)
         s = predict_tile(predictor, image, valid)
         cands.append(
             Candidate(
@@ -350,7 +350,7 @@ def suggest_tiles(
         (tmp / "labels").mkdir()
         sheet: list[tuple[Candidate, np.ndarray, TileScore]] = []
         for c in chosen:
-            image, valid = _read_tile(folder, c.tile["id"])
+            image, valid = read_tile(folder, c.tile["id"])
             s = predict_tile(predictor, image, valid)
             write_label_template(tmp / "labels" / f"{c.tile['id']}.tif", c.tile, s, folder,
                                  label_round)  # fmt: skip
