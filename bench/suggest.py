@@ -147,13 +147,18 @@ def entropy_pick(
 
 
 def choose(
-    strategy: str, run: Path, data: Path, unlabeled: list[str], args: argparse.Namespace, key: int
+    strategy: str,
+    run: Path,
+    data: Path,
+    unlabeled: list[str],
+    args: argparse.Namespace,
+    key: int,
+    out: Path,
 ) -> list[str]:
     if strategy == "random":
         return random.Random(key).sample(sorted(unlabeled), min(args.add, len(unlabeled)))
     if strategy == "entropy":
         return entropy_pick(run, data, unlabeled, args.add, args.threads)
-    out = data.parent / "suggest"
     if out.exists():
         shutil.rmtree(out)
     extra = ["--threads", str(args.threads)] if args.threads else []
@@ -185,11 +190,15 @@ def run_all(args: argparse.Namespace) -> None:
             prev: Path | None = None
             for r in range(args.rounds + 1):
                 base = work / f"seed{seed}" / strategy / f"round{r}"
+                # round 0 is the same for every strategy of a seed: trained once
+                shared = work / f"seed{seed}" / "round0" if r == 0 else base
                 unlabeled = [t for t in pool if t not in labeled]
-                run = base / "run"
+                run = shared / "run"
                 record = done.get((seed, strategy, r))
                 if record is None:
-                    data = round_folder(tiles, base / "tiles", labeled, unlabeled)
+                    data = shared / "tiles"
+                    if not (run / "done").is_file():
+                        round_folder(tiles, data, labeled, unlabeled)
                     init = prev if args.init_previous else None
                     train(data, run, args, seed, init)
                     record = {
@@ -199,11 +208,12 @@ def run_all(args: argparse.Namespace) -> None:
                         "labeled_tiles": len(labeled),
                         "labeled_pixels": labelled_pixels(by_id, labeled),
                         "labeled": list(labeled),
-                        **evaluate(run, data, base, args.threads),
+                        **evaluate(run, data, shared, args.threads),
                     }
                     if r < args.rounds:
-                        record["added"] = choose(strategy, run, data, unlabeled, args,
-                                                 seed * 1000 + r)  # fmt: skip
+                        key = seed * 1000 + r
+                        out = base / "suggest"
+                        record["added"] = choose(strategy, run, data, unlabeled, args, key, out)
                     rounds.append(record)
                     done[(seed, strategy, r)] = record
                     save_results(results_path, rounds, settings)
