@@ -14,6 +14,7 @@ from cloudcps import __version__
 from .demo import demo
 from .evaluate import evaluate
 from .predict import predict
+from .suggest import suggest
 from .tile import tile
 from .train import train
 
@@ -46,6 +47,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool) -> None:
     train     train two networks with CPS (or the supervised baseline)
     predict   write a georeferenced mask GeoTIFF for whole scenes
     evaluate  score a model or mask rasters: IoU, F1, confusion matrix, plots
+    suggest   rank unlabelled tiles by uncertainty: which to label next
     demo      run the whole pipeline on generated scenes, offline
     """
     level = logging.INFO - 10 * verbose + 10 * quiet
@@ -83,6 +85,7 @@ cli.add_command(tile)
 cli.add_command(train)
 cli.add_command(predict)
 cli.add_command(evaluate)
+cli.add_command(suggest)
 cli.add_command(demo)
 
 

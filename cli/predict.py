@@ -78,6 +78,15 @@ from .options import (
     help="Also write per-class probabilities (NAME_proba.tif, uint8 = p x 255).",
 )
 @click.option(
+    "--uncertainty",
+    is_flag=True,
+    help="Also write NAME_uncertainty.tif on the mask's grid: uint8, 0 = certain, 255 = most "
+    "unsure, nodata in its internal mask. With --nets both and a CPS run: the two networks' "
+    "disagreement (Jensen-Shannon divergence of their softmax, in bits); with one network: the "
+    "normalised entropy of its softmax. 128 and above (u >= 0.5) counts as unsure: the JSON "
+    "report gives that share of the valid pixels.",
+)
+@click.option(
     "--buffer",
     default=0,
     show_default=True,
@@ -122,6 +131,7 @@ def predict(
     tta: bool,
     nets: str,
     probabilities: bool,
+    uncertainty: bool,
     buffer: int,
     bands: tuple[int, ...] | None,
     scale: float | None,
@@ -150,6 +160,7 @@ def predict(
     $ cloudcps predict scene.tif
     $ cloudcps predict scene.tif --model runs/cps --out scene_mask.tif
     $ cloudcps predict scenes/*.tif --out masks/ --skip-existing --cog
+    $ cloudcps predict scene.tif --model runs/cps --nets both --uncertainty --out masks/
     $ cloudcps predict downloads/S2*_MSIL2A_*.zip downloads/LC09_L2SP_*.tar --out masks/
     $ cloudcps predict --band-files B04.tif,B03.tif,B02.tif,B08.tif
     $ torchrun --nproc_per_node 4 -m cloudcps.cli.main predict scenes/*.tif --out masks/
@@ -188,6 +199,7 @@ def predict(
         scale,
         offset,
         cog,
+        uncertainty,
     )
     scene_inputs = [p for r in refs for p in r.inputs]
     inputs = [*scene_inputs, model] if Path(model).exists() else scene_inputs
@@ -199,7 +211,7 @@ def predict(
     stale: list[Path] = []  # cloudcps's own sidecars of a run stopped before its mask
     skipped = 0
     for scene, m in list(zip(refs, masks, strict=True))[rank::world]:
-        outputs = prediction_outputs(m, probabilities)
+        outputs = prediction_outputs(m, probabilities, uncertainty)
         for p in outputs:
             if p.is_symlink() and not p.exists():
                 raise InputError(
@@ -243,7 +255,12 @@ def predict(
     if skipped and not quiet(ctx):
         click.echo(f"skipping {skipped} scene(s) whose mask exists (--skip-existing)")
     if mine:
-        loaded = load_model(model, nets=nets, backend=backend, device=device, threads=threads)
+        if uncertainty:
+            from cloudcps.uncertainty import load_for_uncertainty
+
+            loaded = load_for_uncertainty(model, nets, backend, device, threads)
+        else:
+            loaded = load_model(model, nets=nets, backend=backend, device=device, threads=threads)
         for scene, _ in mine:  # every scene's bands, before any work
             scene_bands(scene, loaded.contract, bands)
         if out is not None and not (len(masks) == 1 and masks[0] == out):
@@ -370,12 +387,15 @@ def check_writable_folder(folder: Path, option: str, shown: Path | None = None) 
 MAX_BUFFER = 250  # scikit-image's disk decomposition stops at radius 251
 
 
-def prediction_outputs(mask: Path, probabilities: bool) -> list[Path]:
-    """The files one scene's prediction writes: the mask, its JSON report, its probabilities."""
+def prediction_outputs(mask: Path, probabilities: bool, uncertainty: bool = False) -> list[Path]:
+    """The files one scene's prediction writes: the mask, its JSON report, its probabilities,
+    its uncertainty."""
     from cloudcps.scenes import sidecars
+    from cloudcps.uncertainty import uncertainty_path
 
     proba, report = sidecars(mask)
-    return [mask, report] + ([proba] if probabilities else [])
+    extra = [uncertainty_path(mask)] if uncertainty else []
+    return [mask, report] + ([proba] if probabilities else []) + extra
 
 
 def shard() -> tuple[int, int]:

@@ -167,6 +167,12 @@ OUTPUT_LAYOUTS: dict[str, tuple[str, frozenset[str]]] = {
         "report.json",
         frozenset({"report.json", "report.md", "confusion.png", "samples.png"}),
     ),
+    "suggest": (
+        "suggest.json",
+        frozenset(
+            {"suggest.json", "suggestions.csv", "suggestions.geojson", "suggestions.png", "labels"}
+        ),
+    ),
 }
 
 
@@ -264,16 +270,18 @@ def owned_files(path: Path, kind: str, option: str = "--out") -> set[str]:
         else:
             owned.update(STANDARD_SPLIT_FILES)
         return owned
-    report = _record(path / "report.json", option, path)
+    marker = OUTPUT_LAYOUTS[kind][0]  # a report.json or suggest.json that lists its files
+    report = _record(path / marker, option, path)
     if "cloudcps_version" not in report:
         raise InputError(
-            f"{option} {path}: report.json was not written by cloudcps (it has no "
-            f"cloudcps_version); --overwrite only replaces a report folder cloudcps wrote: "
+            f"{option} {path}: {marker} was not written by cloudcps (it has no "
+            f"cloudcps_version); --overwrite only replaces a {kind} folder cloudcps wrote: "
             f"choose another {option}"
         )
     files = report.get("written_files")
     listed = [str(f) for f in files if isinstance(f, str)] if isinstance(files, list) else []
-    return {"report.json", *(listed if isinstance(files, list) else STANDARD_REPORT_FILES)}
+    default = STANDARD_REPORT_FILES if kind == "report" else ()
+    return {marker, *(listed if isinstance(files, list) else default)}
 
 
 def check_owned(path: Path, kind: str, option: str = "--out") -> None:
@@ -291,7 +299,7 @@ def check_owned(path: Path, kind: str, option: str = "--out") -> None:
             full = Path(root) / name
             if (rel in dirs and not full.is_symlink()) if is_dir else rel in owned:
                 continue  # a folder cloudcps made, or a file its record lists (or a link there)
-            record = "manifest.json" if kind == "tiles" else "report.json"
+            record = OUTPUT_LAYOUTS[kind][0]
             raise InputError(
                 f"{option} {path} holds {rel}, which cloudcps did not write (its {record} does "
                 f"not list it); --overwrite only replaces what cloudcps wrote: move it away or "

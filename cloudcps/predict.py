@@ -69,6 +69,14 @@ from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: w
     source_tags,
 )
 from cloudcps.tiling import DataContract, Stretch, gdal_env, scale_values
+from cloudcps.uncertainty import (
+    UncertaintySink,
+    finish_uncertainty,
+    members_of,
+    open_uncertainty,
+    uncertainty_path,
+    uncertainty_report,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +125,7 @@ class PredictOptions:
     scale: float | None = None  # None: the model's (the tiles' --scale / --offset)
     offset: float | None = None
     cog: bool = False
+    uncertainty: bool = False  # also NAME_uncertainty.tif (cloudcps.uncertainty)
 
 
 @dataclass
@@ -370,6 +379,9 @@ class Predictor:
         self.tta = tta
         self.transform = InputTransform(self.contract, scale, offset)
         self.k = self.contract.num_classes
+        # a runner may return several networks' probabilities side by side (the uncertainty
+        # layer's PairRunner): the engine blends them all, the sink splits them
+        self.channels = self.k * int(getattr(self.runner, "members", 1))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -398,7 +410,7 @@ class Predictor:
         keep = [i for i, v in enumerate(valids) if v.any()]
         if len(keep) == len(valids):
             return self._infer(x)
-        out = np.zeros((x.shape[0], self.k, *x.shape[2:]), np.float32)
+        out = np.zeros((x.shape[0], self.channels, *x.shape[2:]), np.float32)
         if keep:
             out[keep] = self._infer(np.ascontiguousarray(x[keep]))
         return out
@@ -413,7 +425,7 @@ class Predictor:
         """
         from tqdm import tqdm
 
-        H, W, K = source.height, source.width, self.k
+        H, W, K = source.height, source.width, self.channels
         th, oy, rows = axis_windows(H, self.tile, self.overlap)
         tw, ox, cols = axis_windows(W, self.tile, self.overlap)
         sy, sx = th - oy, tw - ox
@@ -900,7 +912,10 @@ def predict_scene(
     ref = as_ref(scene)
     scene_p, mask_p = ref.path, Path(out)
     proba_p, json_p = sidecars(mask_p)
-    for p in [mask_p, json_p] + ([proba_p] if opts.probabilities else []):
+    unc_p = uncertainty_path(mask_p) if opts.uncertainty else None
+    for p in (
+        [mask_p, json_p] + ([proba_p] if opts.probabilities else []) + ([unc_p] if unc_p else [])
+    ):
         check_output_file(p, opts.overwrite, ref.inputs)
     t0 = time.perf_counter()
     contract = loaded.contract
@@ -958,6 +973,7 @@ def predict_scene(
             atomic_file(mask_p, opts.overwrite) as tmp_mask,
             atomic_file(json_p, opts.overwrite) as tmp_json,
             _maybe_atomic(proba_p if opts.probabilities else None, opts.overwrite) as tmp_proba,
+            _maybe_atomic(unc_p, opts.overwrite) as tmp_unc,
         ):
             stage = tmp_mask.with_name(tmp_mask.name + ".stage") if opts.cog else tmp_mask
             raw_mask = stage.with_name(stage.name + ".raw") if opts.buffer else stage
@@ -966,6 +982,10 @@ def predict_scene(
                 if (opts.cog and tmp_proba is not None)
                 else tmp_proba
             )
+            unc_stage = (
+                tmp_unc.with_name(tmp_unc.name + ".stage") if opts.cog and tmp_unc else tmp_unc
+            )
+            unc = UncertaintySink(None, None, k)
             try:
                 with writing(mask_p, "mask"):
                     with rasterio.open(
@@ -978,7 +998,15 @@ def predict_scene(
                         )
                         try:
                             sink = RasterSink(dst, pdst, k)
-                            predictor.run(RasterSource(src, bands, ref.name), sink, progress)
+                            with open_uncertainty(unc_stage, profile) as udst:
+                                unc = UncertaintySink(sink, udst, k)
+                                split = predictor.channels > k or udst is not None
+                                run_sink: Sink = unc if split else sink
+                                predictor.run(
+                                    RasterSource(src, bands, ref.name), run_sink, progress
+                                )
+                                if udst is not None:
+                                    finish_uncertainty(udst, members_of(loaded), unc)
                             if pdst is not None:
                                 pdst.scales = [1 / 255.0] * k
                                 for i, name in enumerate(contract.classes):
@@ -1007,8 +1035,15 @@ def predict_scene(
                         write_cog(stage, tmp_mask, "mode")
                         if proba_stage is not None and tmp_proba is not None:
                             write_cog(proba_stage, tmp_proba, "average")
+                        if unc_stage is not None and tmp_unc is not None:
+                            write_cog(unc_stage, tmp_unc, "average")
             finally:
-                for extra in {raw_mask, stage, proba_stage} - {tmp_mask, tmp_proba, None}:
+                for extra in {raw_mask, stage, proba_stage, unc_stage} - {
+                    tmp_mask,
+                    tmp_proba,
+                    tmp_unc,
+                    None,
+                }:
                     if extra is not None and extra.exists():
                         extra.unlink()
             seconds = time.perf_counter() - t0
@@ -1043,6 +1078,8 @@ def predict_scene(
                 "seconds": round(seconds, 3),
                 "cloudcps_version": __version__,
             }
+            if unc_p is not None:
+                report["uncertainty"] = uncertainty_report(unc_p, members_of(loaded), unc)
             try:
                 tmp_json.write_text(json.dumps(report, indent=2) + "\n")
             except OSError as exc:
@@ -1060,6 +1097,7 @@ def predict_scene(
         cover_percent=cover,
         valid_pixels=valid_px,
         seconds=seconds,
+        extra={"uncertainty": unc_p} if unc_p is not None else {},
     )
 
 

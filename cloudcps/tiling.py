@@ -8,6 +8,7 @@ selected bands to 8 bits with one stretch shared by the whole dataset, drops NIR
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from cloudcps.io import (
     write_json,
     writing,
 )
+from cloudcps.tilelabels import TileLabel, find_tile_labels, paste
 from cloudcps.untrusted import gdal_http_options
 
 log = logging.getLogger(__name__)
@@ -455,6 +457,7 @@ class SceneInfo:
     product_id: str | None = None  # a product's id (names its tiles); None: the file name
     record: dict[str, Any] | None = None  # what was read, with which scaling (scenes.py)
     band_files: tuple[Path, ...] | None = None
+    tile_labels: tuple[TileLabel, ...] = ()  # labels of single tiles (cloudcps.tilelabels)
 
     @property
     def id(self) -> str:
@@ -840,13 +843,22 @@ def _tile_scene_unchecked(job: _SceneJob) -> tuple[list[dict[str, Any]], int]:
                     Image.fromarray(valid.astype(np.uint8) * 255).save(
                         out / rec["valid_mask"], compress_level=1
                     )
-                if clear_id is not None or (lab is not None and to_class is not None):
+                scene_labelled = clear_id is not None or (lab is not None and to_class is not None)
+                if scene_labelled or scene.tile_labels:
                     label = np.full((t, t), IGNORE_INDEX, dtype=np.uint8)
                     if clear_id is not None:  # known cloud-free: every valid pixel is clear
                         label[:h, :w] = clear_id
-                    else:
-                        assert lab is not None and to_class is not None
+                    elif lab is not None and to_class is not None:
                         label[:h, :w] = to_class(lab.read(1, window=vw))
+                    used = paste(label, row, col, scene.tile_labels, h, w)
+                    if not scene_labelled and not used:
+                        records.append(rec)
+                        continue
+                    rec["label_round"] = 0
+                    if used:  # the latest round that labelled it (None: a file without a round)
+                        rounds = [tl.round for tl in used if tl.round is not None]
+                        rec["label_round"] = max(rounds) if len(rounds) == len(used) else None
+                        rec["label_files"] = [tl.path.name for tl in used]
                     label[~valid] = IGNORE_INDEX
                     counts = np.bincount(label.ravel(), minlength=256)
                     rec["label"] = f"labels/{tile_id}.png"
@@ -1054,7 +1066,11 @@ def tile_scenes(
             )
         seen[s.id] = s.path
     notes: list[str] = []
-    if opts.label_dirs and not any(s.label or s.clear for s in infos):
+    for s in infos:
+        s.tile_labels = find_tile_labels(
+            s.id, s.crs, s.transform, s.width, s.height, opts.label_dirs, len(opts.classes)
+        )
+    if opts.label_dirs and not any(s.label or s.clear or s.tile_labels for s in infos):
         raise InputError(
             f"no label raster found in --label-dir {', '.join(map(str, opts.label_dirs))} for any "
             "scene; label files must have the scene's file name"
@@ -1125,7 +1141,10 @@ def tile_scenes(
 
         role = {s.id: s.role for s in infos}
         val_ids = [t["id"] for t in tiles if role[t["scene"]] == "val"]
-        pool = [t for t in tiles if role[t["scene"]] != "val" and t["label"] is not None]
+        # the pool of --labeled-fraction: tiles of scenes with a label raster (or --clear), the
+        # same whether or not tile labels were added since (so earlier rounds keep their tiles)
+        whole = {s.id for s in infos if s.label is not None or s.clear}
+        pool = [t for t in tiles if role[t["scene"]] != "val" and t["scene"] in whole]
         pool = [
             t
             for t in pool
@@ -1137,6 +1156,11 @@ def tile_scenes(
         labeled = clear_ids | choose_labeled(
             drawn, opts.labeled_fraction, len(opts.classes), opts.seed, opts.cover_classes
         )
+        labeled |= {  # tiles labelled by tile labels (suggest's rounds) are always labelled
+            t["id"]
+            for t in tiles
+            if role[t["scene"]] != "val" and t.get("label_files") and sum(t["class_counts"]) > 0
+        }
         unlabeled = [t["id"] for t in tiles if role[t["scene"]] != "val" and t["id"] not in labeled]
         splits = {
             "labeled": [t["id"] for t in tiles if t["id"] in labeled],
@@ -1189,6 +1213,7 @@ def tile_scenes(
                     "clear": s.clear,
                     "bands": list(s.bands[:n]),
                     "source": s.record,
+                    "tile_labels": [tl.to_dict() for tl in s.tile_labels],
                 }
                 for s in infos
             ],
@@ -1196,6 +1221,7 @@ def tile_scenes(
             "split_files": [f"splits/{name}.txt" for name in splits],
             "skipped": {"low_valid": skipped},
             "class_shares": shares,
+            "label_rounds": _label_rounds(tiles, splits["labeled"]),
             "tiles": tiles,
         }
         write_json(tmp / "manifest.json", manifest)
@@ -1233,6 +1259,18 @@ def _class_shares(
             c: round(float(v / s), 5) if s else 0.0 for c, v in zip(classes, tot, strict=True)
         }
     return shares
+
+
+def _label_rounds(tiles: Sequence[dict[str, Any]], labeled: Sequence[str]) -> dict[str, int]:
+    """Labelled-split tiles per label round (``"0"``: scene label rasters; ``"null"``: tile
+    labels without a round)."""
+    ids = set(labeled)
+    counts: dict[str, int] = {}
+    for t in tiles:
+        if t["id"] in ids:
+            key = json.dumps(t.get("label_round"))
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def summary_dict(summary: TileSummary) -> dict[str, Any]:
