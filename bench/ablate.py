@@ -132,11 +132,7 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
     t0 = time.perf_counter()
     res = Trainer(cfg, resume_state=resume, overwrite=resume is None).fit()
     seconds = time.perf_counter() - t0
-    curve = [
-        (row["iter"], round(100 * row["miou_net1"], 1))
-        for row in res.history
-        if row.get("event") == "val" and row.get("miou_net1") is not None
-    ]
+    curve = learning_curve(Path(cfg.out))
     s_final = evalsets.score_model(latest)
     out: dict[str, Any] = {
         "settings": {**settings, "data": data},
@@ -155,6 +151,17 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
     results[key] = out
     results_path.write_text(json.dumps(results, indent=1))
     return out
+
+
+def learning_curve(run: Path) -> list[tuple[int, float]]:
+    """The in-training L8 Biome val mIoU (net 1) of every check, from ``metrics.jsonl`` (so a
+    resumed or re-scored run keeps its whole curve)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [
+        (int(r["iter"]), round(100 * r["miou_net1"], 1))
+        for r in rows
+        if r.get("event") == "val" and r.get("miou_net1") is not None
+    ]
 
 
 def extras(model: str | Path) -> dict[str, Any]:

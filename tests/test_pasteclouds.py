@@ -176,21 +176,26 @@ def test_thin_alpha_decides_what_faint_haze_is_labelled(tiny_tiles: Path, tmp_pa
     assert thin_high < thin_low
 
 
-def test_local_image_pooling_sees_a_fixed_neighbourhood() -> None:
+def test_local_aspp_sees_a_fixed_neighbourhood() -> None:
+    """Each ASPP cell of deeplabv3plus-local depends on cells at most 6 away (atrous rates 2/4/6,
+    9x9 pooling), at any input size; plain DeepLabV3+'s ASPP sees the whole input."""
     net = create_network(ModelSpec(LOCAL_POOL_ARCH, "tu-mobilenetv3_small_100", 4), seed=0)
-    branch = net.decoder.aspp[0].convs[-1].eval()
-    x = torch.randn(1, branch[1].in_channels, 24, 24)
+    aspp = net.decoder.aspp.eval()
+    x = torch.randn(1, aspp[0].convs[0][0].in_channels, 32, 32)
     y = x.clone()
-    y[..., 20:, 20:] += 5.0  # far corner changed
+    y[..., 24:, 24:] += 5.0  # far corner changed
     with torch.no_grad():
-        a, b = branch(x), branch(y)
-    assert torch.equal(a[..., :10, :10], b[..., :10, :10])  # 9x9 pooling: beyond 4 cells
-    assert not torch.equal(a[..., 18:, 18:], b[..., 18:, 18:])
-    # the global branch of plain DeepLabV3+ would see the change everywhere
+        a, b = aspp(x), aspp(y)
+    assert torch.equal(a[..., :14, :14], b[..., :14, :14])  # more than 6 cells away (+ 3x3 sep)
+    assert not torch.equal(a[..., 22:, 22:], b[..., 22:, 22:])
+    # the same net on a crop gives the same cells away from the crop's border
+    with torch.no_grad():
+        crop = aspp(x[..., 8:24, 8:24])
+    assert torch.allclose(crop[..., 7:9, 7:9], a[..., 15:17, 15:17], atol=1e-5)
     plain = create_network(ModelSpec("deeplabv3plus", "tu-mobilenetv3_small_100", 4), seed=0)
-    g = plain.decoder.aspp[0].convs[-1].eval()
+    g = plain.decoder.aspp.eval()
     with torch.no_grad():
-        assert not torch.equal(g(x)[..., :10, :10], g(y)[..., :10, :10])
+        assert not torch.equal(g(x)[..., :14, :14], g(y)[..., :14, :14])
 
 
 def test_local_pooling_run_predicts_through_onnx(tiny_tiles: Path, tmp_path: Path) -> None:
