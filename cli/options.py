@@ -141,6 +141,15 @@ overwrite_opt = click.option(
     help="Replace outputs that cloudcps wrote before (never without it; never an input or a "
     "file or folder cloudcps did not write).",
 )
+backend_opt = click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnx", "torch"]),
+    default="auto",
+    show_default=True,
+    help="How the networks run: onnx (ONNX Runtime, the CPU), torch (PyTorch: CUDA, MPS, CPU); "
+    "auto = onnx on the CPU, torch on a GPU.",
+)
+
 device_opt = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),

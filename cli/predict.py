@@ -11,6 +11,7 @@ from cloudcps.scenes import SceneRef
 from cloudcps.tiling import parse_bands
 
 from .options import (
+    backend_opt,
     band_files_opt,
     converter,
     device_opt,
@@ -48,14 +49,7 @@ from .options import (
 )
 @click.option("--batch-size", type=int, help="Windows per pass.  [default: 8 on CUDA, 1 on CPU]")
 @device_opt
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "onnx", "torch"]),
-    default="auto",
-    show_default=True,
-    help="How the networks run: onnx (ONNX Runtime, the CPU), torch (PyTorch: CUDA, MPS, CPU); "
-    "auto = onnx on the CPU, torch on a GPU.",
-)
+@backend_opt
 @click.option(
     "--threads",
     type=click.IntRange(min=1),

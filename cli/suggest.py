@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import device_opt, overwrite_opt, quiet, user_errors
+from .options import backend_opt, device_opt, overwrite_opt, quiet, user_errors
 
 
 @click.command(short_help="Rank unlabelled tiles by uncertainty: which to label next.")
@@ -44,13 +44,7 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     help="both: the two CPS networks' disagreement; 1 or 2: that network's entropy (also what a "
     "checkpoint of one network gets).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "onnx", "torch"]),
-    default="auto",
-    show_default=True,
-    help="How the networks run (see cloudcps predict --help).",
-)
+@backend_opt
 @device_opt
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
