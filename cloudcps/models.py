@@ -74,10 +74,11 @@ def _local_image_pooling(net: nn.Module, kernel: int = LOCAL_POOL_KERNEL) -> nn.
     Two parts of DeepLabV3+'s ASPP make a pixel's class depend on the prediction window: the
     image-pooling branch averages the whole window, and the atrous rates 12 / 24 / 36 at output
     stride 16 reach 192-576 px, so on 128 px training crops those branches see mostly zero
-    padding and at prediction real ground, more of it the larger the window. Measured on a
-    trained model (bench, Betsiboka): local pooling alone left 17 % of the pixels of a window's
-    centre changed between 256 and 512 px windows; with rates 2 / 4 / 6 as well the network sees
-    the same neighbourhood at every window size, as a UNet does.
+    padding and at prediction real ground, more of it the larger the window. Measured on trained
+    models (docs/benchmarks.md, "Toward starter v3"): local pooling alone left On Cloud N 9 points
+    apart between 256 and 1024 px windows; with rates 2 / 4 / 6 as well it is within 1.2 points,
+    but the Betsiboka masks still agree on only 81 %: the encoder's dilated stride-16 stages
+    themselves see several hundred pixels, so the ASPP alone cannot make the mask window-invariant.
     """
     decoder: Any = net.decoder  # smp's DeepLabV3PlusDecoder: aspp[0] is its ASPP
     branch = decoder.aspp[0].convs[-1]
@@ -93,7 +94,7 @@ def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
 
     Besides smp's architectures, ``deeplabv3plus-local`` is DeepLabV3+ with atrous rates
     ``LOCAL_ATROUS_RATES`` and its image pooling over a fixed neighbourhood
-    (:func:`_local_image_pooling`): masks that do not depend on the prediction window.
+    (:func:`_local_image_pooling`): an ASPP that sees the same neighbourhood at every window.
     """
     import segmentation_models_pytorch as smp
 

@@ -1,4 +1,4 @@
-"""Real clouds pasted over other ground (train --paste-clouds), the window-invariant DeepLabV3+
+"""Real clouds pasted over other ground (train --paste-clouds), DeepLabV3+ with a local ASPP
 (--arch deeplabv3plus-local) and the synthetic thin-cloud opacity (--synthetic-thin-alpha)."""
 
 from __future__ import annotations
