@@ -131,15 +131,20 @@ class TrainData:
     source: str
 
 
+def _need_cloud_classes(option: str, contract: DataContract, source: str) -> None:
+    """Clouds laid over samples label thick, thin and shadow: ``option`` needs those classes."""
+    if tuple(contract.classes) != CLOUD_CLASSES:
+        raise InputError(
+            f"{option} needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
+            f"{', '.join(contract.classes)}: pass {option} 0"
+        )
+
+
 def _pasted_clouds(
     cfg: TrainConfig, contract: DataContract, items: Sequence[Item], source: str
 ) -> PastedClouds:
     """``--paste-clouds``: the bank is every labelled item with some, not only, cloud."""
-    if tuple(contract.classes) != CLOUD_CLASSES:
-        raise InputError(
-            f"--paste-clouds needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
-            f"{', '.join(contract.classes)}: pass --paste-clouds 0"
-        )
+    _need_cloud_classes("--paste-clouds", contract, source)
     reader = SegmentationDataset(items, None, True)
     bank = cloud_bank([reader.load(i)[1] if it.label else None for i, it in enumerate(items)])
     if not bank:
@@ -199,11 +204,7 @@ def build_data(cfg: TrainConfig) -> TrainData:
         unl_items = unl_items + list(lab_items)
     synthetic = None
     if cfg.synthetic_clouds > 0:
-        if tuple(contract.classes) != CLOUD_CLASSES:
-            raise InputError(
-                f"--synthetic-clouds needs the classes {', '.join(CLOUD_CLASSES)}; {source} has "
-                f"{', '.join(contract.classes)}: pass --synthetic-clouds 0"
-            )
+        _need_cloud_classes("--synthetic-clouds", contract, source)
         synthetic = SyntheticClouds(
             cfg.synthetic_clouds,
             contract.stretch,
