@@ -32,8 +32,8 @@ from scipy import ndimage
 
 from cloudcps.synclouds import (
     LayerThresholds,
+    blend,
     cloud_only_codes,
-    from_reflectance,
     shadowable_codes,
     to_reflectance,
 )
@@ -119,13 +119,9 @@ def paste(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blend ``colour`` (3, H, W reflectance) with opacity ``alpha`` over an (H, W, 3) uint8
     tile, darken uncovered shadowable ground by ``shade``; the label follows the pixels."""
-    refl = to_reflectance(image, cfg.stretch)
     uncovered = alpha < LayerThresholds.thin_alpha
     shade = np.where(shadowable_codes()[label] & uncovered, shade, np.float32(0.0))
-    darkened = refl * (1.0 - shade[None] * (1.0 - keep[:, None, None]))
-    out = (1.0 - alpha[None]) * darkened + alpha[None] * colour
-    new_image = from_reflectance(out.astype(np.float32), cfg.stretch)
-    new_image[~valid] = image[~valid]
+    new_image = blend(image, valid, alpha, colour, shade, keep, cfg.stretch)
     new = label.copy()
     new[shade >= cfg.shadow_alpha] = SHADOW
     covered = (alpha >= 0.5) & (pasted_label != IGNORE_INDEX)

@@ -157,14 +157,10 @@ def composite(
 
     Pixels outside ``valid`` stay as they are (nodata and padding keep their 0 and 255).
     """
-    refl = to_reflectance(image, stretch)  # (3, H, W), 0-1 scale
     shadowable = _SHADOWABLE[label]
     shade = np.where(shadowable, layer.shade, np.float32(0.0))
     a = layer.alpha
-    darkened = refl * (1.0 - shade[None] * (1.0 - layer.keep[:, None, None]))
-    out = (1.0 - a[None]) * darkened + a[None] * layer.colour
-    new_image = from_reflectance(out, stretch)
-    new_image[~valid] = image[~valid]
+    new_image = blend(image, valid, a, layer.colour, shade, layer.keep, stretch)
     new = label.copy()
     shadow = (shade >= thresholds.shadow_alpha) & (a < thresholds.thin_alpha)
     new[shadow] = SHADOW
@@ -176,6 +172,26 @@ def composite(
     new[a >= thresholds.thick_alpha] = THICK
     new[~valid] = label[~valid]
     return new_image, new
+
+
+def blend(
+    image: np.ndarray,
+    valid: np.ndarray,
+    alpha: _F32,
+    colour: _F32,
+    shade: _F32,
+    keep: _F32,
+    stretch: Stretch,
+) -> np.ndarray:
+    """An (H, W, 3) uint8 tile with ground darkened by ``shade`` (to ``keep`` of its light per
+    band in full shadow) and a cloud of reflectance ``colour`` (3, H, W) laid over it with
+    opacity ``alpha``, composited in reflectance; pixels outside ``valid`` stay as they are."""
+    refl = to_reflectance(image, stretch)  # (3, H, W), 0-1 scale
+    darkened = refl * (1.0 - shade[None] * (1.0 - keep[:, None, None]))
+    out = (1.0 - alpha[None]) * darkened + alpha[None] * colour
+    new_image = from_reflectance(out, stretch)
+    new_image[~valid] = image[~valid]
+    return new_image
 
 
 def to_reflectance(image: np.ndarray, stretch: Stretch) -> _F32:
