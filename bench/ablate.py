@@ -99,8 +99,8 @@ def parse_value(v: str) -> Any:
 
 
 def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str, Any]:
-    from cloudcps.config import TrainConfig, config_from_dict
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig, config_from_dict
 
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

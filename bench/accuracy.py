@@ -73,7 +73,8 @@ def _l8_toa(src: Path, dst: Path) -> Path:
 def prepare_l8(work: Path, seed: int, stretch: str = "auto", gamma: float = 1.0) -> Path:
     """Tiles of L8 Biome; the labelled quarter of the train patches is drawn with ``seed``
     (the same patches whatever the stretch)."""
-    from cloudcps.tiling import TileOptions, parse_stretch, tile_scenes
+    from cloudcps.contract import parse_stretch
+    from cloudcps.tiling import TileOptions, tile_scenes
 
     tag = "" if (stretch, gamma) == ("auto", 1.0) else f"-{stretch.replace(':', '_')}-g{gamma:g}"
     tiles = work / f"l8-tiles-s{seed}{tag}"
@@ -137,8 +138,8 @@ def run_one(
 ) -> dict[str, Any]:
     import torch
 
-    from cloudcps.config import TrainConfig, config_from_dict
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig, config_from_dict
 
     key = f"{bench}-{method}-s{seed}-i{iters}"
     cache = work / "results" / f"{key}.json"
@@ -220,10 +221,10 @@ def peer(work: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from peers import run_ukis
 
-    from cloudcps.cps import pad_to_multiple
-    from cloudcps.datasets import SegmentationDataset, TileFolder
     from cloudcps.metrics import confusion_matrix, scores
     from cloudcps.models import load_for_inference
+    from cloudcps.train import pad_to_multiple
+    from cloudcps.train.data import SegmentationDataset, TileFolder
 
     bio = SHARED / "l8biome" / "val"
     fold = np.array([0, 1, 1, 2] + [255] * 252, np.uint8)  # ours: thick+thin -> cloud

@@ -46,7 +46,7 @@ def _predict(model: Any, path: Path, tile: int | None = None, overlap: int | Non
 
 
 def ensemble(ckpts: list[Path]) -> dict[str, Any]:
-    from cloudcps.backends import load_model
+    from cloudcps.predict.backends import load_model
 
     out: dict[str, Any] = {}
     sets = {k: v for k, v in val_sets().items() if k != "scr"}
@@ -71,7 +71,7 @@ def ensemble(ckpts: list[Path]) -> dict[str, Any]:
 
 
 def overlap() -> dict[str, Any]:
-    from cloudcps.backends import load_model
+    from cloudcps.predict.backends import load_model
 
     model = load_model("default", backend="onnx")
     scenes = {

@@ -387,7 +387,7 @@ def package(run: Path, dest: Path, note: str) -> Path:
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, out)
-    from cloudcps.backends import export_onnx, vouch_for_graph
+    from cloudcps.predict.backends import export_onnx, vouch_for_graph
 
     export_onnx(dest, "both", dest.with_suffix(".onnx"))  # the graph CPU prediction runs
     vouch_for_graph(dest, dest.with_suffix(".onnx"))  # the checkpoint names it as its own
@@ -399,8 +399,8 @@ def finetune(work: Path, seeds: list[int], iters: int, lr: float | None = None) 
     ImageNet, same budget and settings as bench/accuracy.py's l8 benchmark."""
     from accuracy import SETTINGS, prepare_l8
 
-    from cloudcps.config import TrainConfig
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig
 
     path = work / "finetune.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

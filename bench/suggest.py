@@ -130,9 +130,9 @@ def entropy_pick(
 ) -> list[str]:
     """The ``count`` tiles of highest mean normalised entropy of network 1 (no weights, no
     spread): the plain baseline."""
-    from cloudcps.backends import load_model
-    from cloudcps.datasets import TileFolder
+    from cloudcps.predict.backends import load_model
     from cloudcps.suggest import predict_tile, read_tile, tile_predictor
+    from cloudcps.train.data import TileFolder
 
     folder = TileFolder(data)
     predictor = tile_predictor(

@@ -71,8 +71,8 @@ def calibrate() -> dict[str, float]:
 def examples(dest: Path, tiles: Path) -> None:
     from PIL import Image
 
-    from cloudcps.synclouds import SyntheticClouds
-    from cloudcps.tiling import Stretch
+    from cloudcps.contract import Stretch
+    from cloudcps.synthetic.clouds import SyntheticClouds
 
     manifest = json.loads((tiles / "manifest.json").read_text())
     sc = SyntheticClouds(1.0, Stretch.from_dict(manifest["stretch"]))

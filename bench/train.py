@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine
 
-from cloudcps.config import TrainConfig
-from cloudcps.cps import Trainer, _stream
+from cloudcps.train import Trainer, _stream
+from cloudcps.train.config import TrainConfig
 
 
 def make_tiles(root: Path, tile: int) -> Path:

@@ -61,8 +61,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/cloudcps-bench"))
     args = ap.parse_args()
 
-    from cloudcps.backends import load_model
-    from cloudcps.uncertainty import load_for_uncertainty
+    from cloudcps.predict.backends import load_model
+    from cloudcps.predict.uncertainty import load_for_uncertainty
 
     args.work.mkdir(parents=True, exist_ok=True)
     scene = write_big_scene(args.work / f"scene_{args.size}.tif", args.size)

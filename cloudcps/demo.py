@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from cloudcps.config import TrainConfig
-from cloudcps.cps import Trainer
+from cloudcps.contract import DEFAULT_CLASSES
 from cloudcps.evaluate import Evaluation, evaluate_rasters, write_report
 from cloudcps.io import check_writable
 from cloudcps.models import load_for_inference
 from cloudcps.predict import PredictOptions, predict_scene
 from cloudcps.synthetic import make_dataset
-from cloudcps.tiling import DEFAULT_CLASSES, TileOptions, tile_scenes
+from cloudcps.tiling import TileOptions, tile_scenes
+from cloudcps.train import Trainer
+from cloudcps.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

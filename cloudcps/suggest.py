@@ -2,7 +2,7 @@
 spread-out few.
 
 **Score.** Each tile is predicted (both CPS networks when the run has two: their disagreement;
-else the normalised entropy, see :mod:`cloudcps.uncertainty`) and scored as
+else the normalised entropy, see :mod:`cloudcps.predict.uncertainty`) and scored as
 
     score = sum over the tile's pixels of u(x) * sum_c p_c(x) * w_c  /  tile pixels
 
@@ -49,12 +49,12 @@ from typing import Any
 import numpy as np
 
 from cloudcps import __version__
-from cloudcps.backends import InferenceModel, describe
+from cloudcps.contract import IGNORE_INDEX, DataContract
 from cloudcps.errors import InputError
 from cloudcps.io import atomic_dir, check_out_dir, writing
 from cloudcps.predict import ArraySource, InputTransform, Predictor, argmax_classes, class_colours
-from cloudcps.tiling import IGNORE_INDEX, DataContract
-from cloudcps.uncertainty import (
+from cloudcps.predict.backends import InferenceModel, describe
+from cloudcps.predict.uncertainty import (
     UNSURE,
     UNSURE_U8,
     describe_measure,
@@ -273,7 +273,7 @@ def suggest_tiles(
     """
     from tqdm import tqdm
 
-    from cloudcps.datasets import TileFolder
+    from cloudcps.train.data import TileFolder
 
     opts = options or SuggestOptions()
     opts.validate()

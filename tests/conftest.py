@@ -133,8 +133,8 @@ def tiny_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CPS run of 2 iterations on ``tiny_tiles`` with a small random encoder."""
-    from cloudcps.config import TrainConfig
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig
 
     out = tmp_path_factory.mktemp("run") / "R"
     cfg = TrainConfig(

@@ -17,15 +17,8 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from cloudcps.backends import (
-    InferenceModel,
-    choose_backend,
-    default_model_path,
-    file_sha256,
-    load_model,
-    onnx_graph,
-)
 from cloudcps.cli.main import cli
+from cloudcps.contract import DataContract, Stretch
 from cloudcps.errors import InputError, OutputExistsError
 from cloudcps.io import _HOST, atomic_file, remove_stale_temps
 from cloudcps.predict import (
@@ -36,7 +29,14 @@ from cloudcps.predict import (
     axis_windows,
     predict_array,
 )
-from cloudcps.tiling import DataContract, Stretch
+from cloudcps.predict.backends import (
+    InferenceModel,
+    choose_backend,
+    default_model_path,
+    file_sha256,
+    load_model,
+    onnx_graph,
+)
 from tests.conftest import scene_pair, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_shipped_graph_belongs_to_the_shipped_checkpoint() -> None:
 def test_onnx_prediction_never_imports_torch(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from cloudcps.backends import load_model\n"
+        "from cloudcps.predict.backends import load_model\n"
         "from cloudcps.predict import predict_array\n"
         "m = load_model('default')\n"
         "c, p = predict_array(np.full((4, 100, 120), 1500, np.uint16), m)\n"
@@ -128,7 +128,7 @@ def test_onnx_prediction_never_imports_torch(tmp_path: Path) -> None:
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cloudcps.backends as b
+    import cloudcps.predict.backends as b
 
     monkeypatch.setattr(b, "gpu_may_exist", lambda: False)
     assert choose_backend("auto", None) == ("onnx", "cpu")
@@ -141,7 +141,7 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_broken_graph_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
-    from cloudcps.backends import OnnxRunner
+    from cloudcps.predict.backends import OnnxRunner
 
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"not a graph")

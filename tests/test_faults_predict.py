@@ -84,7 +84,7 @@ def test_skip_existing_with_a_lost_report_gives_advice_that_works(
 @pytest.fixture(scope="module")
 def own_graph(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     """A copy of the tiny run's best.pt and the bytes of the graph cloudcps exports for it."""
-    from cloudcps.backends import onnx_graph
+    from cloudcps.predict.backends import onnx_graph
 
     root = tmp_path_factory.mktemp("graph")
     ckpt = root / "m.pt"
@@ -347,7 +347,7 @@ def _torch_oom(*a: Any, **k: Any) -> Any:
 def test_out_of_memory_in_the_network_is_one_line(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
-    from cloudcps.backends import OnnxRunner, TorchRunner
+    from cloudcps.predict.backends import OnnxRunner, TorchRunner
 
     runner, boom = (OnnxRunner, _ort_oom) if backend == "onnx" else (TorchRunner, _torch_oom)
     monkeypatch.setattr(runner, "__call__", boom)
@@ -445,7 +445,7 @@ def test_bands_are_checked_against_every_scene_before_any_work(
 
 
 def test_an_onnx_model_is_refused_with_what_model_takes(tmp_path: Path) -> None:
-    from cloudcps.backends import default_model_path
+    from cloudcps.predict.backends import default_model_path
 
     graph = tmp_path / "x.onnx"
     shutil.copyfile(default_model_path().with_suffix(".onnx"), graph)
@@ -471,7 +471,7 @@ def test_an_out_with_another_suffix_is_refused(tiny_run: Path, tmp_path: Path) -
 def test_windows_without_a_valid_pixel_skip_the_network(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloudcps.backends import OnnxRunner
+    from cloudcps.predict.backends import OnnxRunner
 
     calls: list[int] = []
     real_call = OnnxRunner.__call__
@@ -511,7 +511,7 @@ def test_a_graph_beside_the_checkpoint_with_other_fused_weights_is_not_run(
 ) -> None:
     """Weights the export fused (Conv + BatchNorm, renamed onnx::Conv_*) cannot be compared with
     the checkpoint's: a graph beside it runs only when the checkpoint names its SHA-256."""
-    from cloudcps.backends import graph_for, vouch_for_graph
+    from cloudcps.predict.backends import graph_for, vouch_for_graph
 
     monkeypatch.setenv("CLOUDCPS_CACHE", str(tmp_path / "cache"))
     ckpt = _model_copy(own_graph, tmp_path)

@@ -594,7 +594,7 @@ def test_a_missing_or_remote_band_is_not_called_corrupt(tmp_path: Path) -> None:
 
 
 def test_a_nan_option_names_the_option(tmp_path: Path) -> None:
-    from cloudcps.config import TrainConfig
+    from cloudcps.train.config import TrainConfig
 
     with pytest.raises(InputError, match="--synthetic-clouds is nan"):
         TrainConfig(data=tmp_path, synthetic_clouds=float("nan")).validate()
@@ -641,7 +641,7 @@ def test_evaluate_label_map_with_sets_speaks_of_the_option(tmp_path: Path) -> No
 def test_resume_refuses_what_the_checkpoint_was_built_with(
     tiny_run: Path, option: str, value: Any
 ) -> None:
-    from cloudcps.cps import resolve_config
+    from cloudcps.train import resolve_config
 
     flag = "--" + option.replace("_", "-")
     with pytest.raises(InputError, match=f"trained with {flag} .*drop {flag}"):
@@ -649,7 +649,7 @@ def test_resume_refuses_what_the_checkpoint_was_built_with(
 
 
 def test_init_refuses_another_arch_or_encoder(tiny_run: Path, tmp_path: Path) -> None:
-    from cloudcps.cps import resolve_config
+    from cloudcps.train import resolve_config
 
     base = {"data": str(tmp_path), "out": str(tmp_path / "R"), "init": str(tiny_run)}
     with pytest.raises(InputError, match=r"--init .* not --arch unet"):

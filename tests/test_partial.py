@@ -14,16 +14,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cloudcps.cli.main import cli
+from cloudcps.contract import is_partial, parse_label_map, partial_classes, partial_code
 from cloudcps.errors import InputError
-from cloudcps.pseudo import restrict_to_labels, supervised_loss
-from cloudcps.tiling import (
-    TileOptions,
-    is_partial,
-    parse_label_map,
-    partial_classes,
-    partial_code,
-    tile_scenes,
-)
+from cloudcps.tiling import TileOptions, tile_scenes
+from cloudcps.train.pseudo import restrict_to_labels, supervised_loss
 from tests.conftest import write_raster
 
 CLEAR_OR_SHADOW = 128 + 1 + 8
@@ -211,7 +205,7 @@ def test_tile_bad_partial_syntax_is_one_line(tmp_path: Path) -> None:
 
 
 def test_gamma_stretch_brightens_dark_values_and_keeps_the_ends() -> None:
-    from cloudcps.tiling import Stretch
+    from cloudcps.contract import Stretch
 
     lin = Stretch("fixed", (0.0,) * 3, (12000.0,) * 3)
     gam = Stretch("fixed", (0.0,) * 3, (12000.0,) * 3, gamma=2.0)
@@ -225,8 +219,8 @@ def test_gamma_stretch_brightens_dark_values_and_keeps_the_ends() -> None:
 
 def test_training_on_partial_labels(tmp_path: Path) -> None:
     """CPS with --pool-labeled trains on a folder whose labels are all partial."""
-    from cloudcps.config import TrainConfig
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig
 
     scene, lab = _binary_scene(tmp_path)
     opts = TileOptions(
@@ -263,7 +257,7 @@ def test_training_on_partial_labels(tmp_path: Path) -> None:
 
 
 def test_weighted_loss_matches_torch_and_weighs_partial_labels_by_their_smallest_class() -> None:
-    from cloudcps.pseudo import balanced_class_weights
+    from cloudcps.train.pseudo import balanced_class_weights
 
     logits = _logits()
     w = torch.tensor([0.5, 1.0, 2.0, 8.0])
@@ -294,15 +288,15 @@ def test_weighted_loss_matches_torch_and_weighs_partial_labels_by_their_smallest
 
 @pytest.mark.parametrize("bad", ["auto2", "1,x", "-1,1,1,1", "0,0,0,0", "nan,1,1,1"])
 def test_bad_class_weights_are_refused(bad: str) -> None:
-    from cloudcps.config import TrainConfig
+    from cloudcps.train.config import TrainConfig
 
     with pytest.raises(InputError, match="--class-weights"):
         TrainConfig(data="t", class_weights=bad).validate()
 
 
 def test_class_weights_must_cover_every_class(tiny_tiles: Path, tmp_path: Path) -> None:
-    from cloudcps.config import TrainConfig
-    from cloudcps.cps import Trainer
+    from cloudcps.train import Trainer
+    from cloudcps.train.config import TrainConfig
 
     cfg = TrainConfig(
         data=str(tiny_tiles),

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from cloudcps.cli.main import cli
-from cloudcps.cps import Trainer, build_data, resolve_config
+from cloudcps.contract import partial_code
 from cloudcps.models import LOCAL_POOL_ARCH, ModelSpec, create_network, load_checkpoint
-from cloudcps.pasteclouds import PastedClouds, cloud_bank, paste
-from cloudcps.tiling import partial_code
+from cloudcps.synthetic.paste import PastedClouds, cloud_bank, paste
+from cloudcps.train import Trainer, build_data, resolve_config
 from tests.test_synclouds import CLEAR, SHADOW, STRETCH, THICK, THIN
 from tests.test_train import TINY_ARGS, tiny_cfg
 
@@ -151,7 +151,7 @@ def test_bad_new_options_are_refused_in_one_line(
 def test_a_folder_without_cloudy_labels_is_refused_for_pasting(
     tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cloudcps.cps as cps
+    import cloudcps.train as cps
 
     monkeypatch.setattr(cps, "cloud_bank", lambda labels: ())
     res = CliRunner().invoke(
@@ -200,8 +200,8 @@ def test_local_aspp_sees_a_fixed_neighbourhood() -> None:
 
 def test_local_pooling_run_predicts_through_onnx(tiny_tiles: Path, tmp_path: Path) -> None:
     """A run of the new architecture is rebuilt from its checkpoint and exported."""
-    from cloudcps.backends import export_onnx
     from cloudcps.models import load_for_inference
+    from cloudcps.predict.backends import export_onnx
 
     out = tmp_path / "R"
     Trainer(tiny_cfg(tiny_tiles, out, iters=2, arch=LOCAL_POOL_ARCH, mode="supervised")).fit()

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from cloudcps.cli.main import cli
+from cloudcps.contract import DataContract, Stretch
 from cloudcps.errors import CloudCPSError, InputError
 from cloudcps.models import Ensemble, LoadedModel, ModelSpec, create_network, load_for_inference
 from cloudcps.predict import (
@@ -24,7 +25,6 @@ from cloudcps.predict import (
     predict_scene,
     ramp,
 )
-from cloudcps.tiling import DataContract, Stretch
 from tests.conftest import shared_data, write_raster
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cloudcps.pseudo import AdaptivePolicy, PseudoLabelPolicy, ThresholdPolicy, box_mix_mask
+from cloudcps.train.pseudo import AdaptivePolicy, PseudoLabelPolicy, ThresholdPolicy, box_mix_mask
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:
@@ -112,7 +112,7 @@ def test_trust_labels_replaces_pseudo_labels_on_labelled_images() -> None:
 
 
 def test_aligned_lifts_a_class_the_networks_forget_back_to_its_labelled_share() -> None:
-    from cloudcps.pseudo import AlignedPolicy
+    from cloudcps.train.pseudo import AlignedPolicy
 
     pol = AlignedPolicy(2, momentum=0.5)
     pol.observe_labeled(torch.tensor([[0, 0, 0, 1]]))  # class 1: 25 % of the labelled pixels

@@ -12,9 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from cloudcps.cli.main import cli
-from cloudcps.config import TrainConfig
-from cloudcps.cps import Trainer
-from cloudcps.datasets import TileFolder
+from cloudcps.contract import DEFAULT_CLASSES, DataContract
 from cloudcps.errors import InputError
 from cloudcps.models import (
     ModelSpec,
@@ -25,7 +23,9 @@ from cloudcps.models import (
     save_checkpoint,
 )
 from cloudcps.predict import check_value_range
-from cloudcps.tiling import DEFAULT_CLASSES, DataContract
+from cloudcps.train import Trainer
+from cloudcps.train.config import TrainConfig
+from cloudcps.train.data import TileFolder
 from tests.conftest import write_raster
 
 
@@ -205,9 +205,9 @@ def test_the_shipped_model_beats_the_brightness_rule_on_real_chips() -> None:
     """A regression guard on real labels (On Cloud N val, 5 Sentinel-2 chips): the shipped
     model's cloud IoU stays above the rule "cloud where mean R, G, B > 2000" (53.1 there;
     the model card has the full tables)."""
-    from cloudcps.backends import load_model
     from cloudcps.metrics import confusion_matrix
     from cloudcps.predict import ArraySink, Predictor, RasterSource
+    from cloudcps.predict.backends import load_model
     from tests.conftest import shared_data
 
     folder = shared_data("oncloudn")
@@ -237,7 +237,8 @@ def test_init_default_warns_only_when_the_tiles_differ(
 ) -> None:
     """Tiles made the README's way from 4-band scenes (NIR in the band list, dropped from the
     tiles) match the starter's RGB contract: no warning; another stretch is named."""
-    from cloudcps.tiling import TileOptions, parse_stretch, tile_scenes
+    from cloudcps.contract import parse_stretch
+    from cloudcps.tiling import TileOptions, tile_scenes
     from tests.conftest import L8_MAP, scene_pair
 
     scenes = [scene_pair(tmp_path, f"s{i}", 64, 64, seed=i, x0=5e5 + 1e4 * i)[0] for i in range(2)]

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cloudcps.cli.main import cli
-from cloudcps.cps import Trainer, build_data, resolve_config
+from cloudcps.contract import Stretch, partial_code
 from cloudcps.models import load_checkpoint
-from cloudcps.synclouds import CloudLayer, LayerThresholds, SyntheticClouds, composite
-from cloudcps.tiling import Stretch, TileOptions, partial_code, tile_scenes
+from cloudcps.synthetic.clouds import CloudLayer, LayerThresholds, SyntheticClouds, composite
+from cloudcps.tiling import TileOptions, tile_scenes
+from cloudcps.train import Trainer, build_data, resolve_config
 from tests.conftest import SceneFactory, write_raster
 from tests.test_train import TINY_ARGS, tiny_cfg
 
@@ -62,7 +63,7 @@ def test_label_follows_the_layer_on_a_hand_made_case() -> None:
 
 
 def test_reflectance_round_trip() -> None:
-    from cloudcps.synclouds import from_reflectance, to_reflectance
+    from cloudcps.synthetic.clouds import from_reflectance, to_reflectance
 
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
     image = np.stack([levels] * 3, axis=-1)
@@ -220,9 +221,9 @@ def test_train_and_predict_feed_the_network_the_same_pixels(
     window of the scene; labels stay on their pixels through tiling."""
     import rasterio
 
-    from cloudcps.datasets import SegmentationDataset, TileFolder
+    from cloudcps.contract import parse_stretch
     from cloudcps.predict import InputTransform
-    from cloudcps.tiling import parse_stretch
+    from cloudcps.train.data import SegmentationDataset, TileFolder
 
     img, lab = make_scene("s", height=128, width=128)
     opts = TileOptions(
@@ -252,7 +253,7 @@ def test_train_and_predict_feed_the_network_the_same_pixels(
 def test_labels_stay_on_their_pixels_through_augmentation() -> None:
     """Scale, crop, flip and padding move image, label (partial codes included) and validity
     together: the label is a function of the pixel value before and after."""
-    from cloudcps.datasets import Augment, augment
+    from cloudcps.train.data import Augment, augment
 
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 4, size=(8, 8))

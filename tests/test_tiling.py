@@ -14,17 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cloudcps.cli.main import cli
+from cloudcps.contract import StretchSpec, parse_bands, parse_label_map, parse_stretch
 from cloudcps.errors import InputError
-from cloudcps.tiling import (
-    StretchSpec,
-    TileOptions,
-    grid_offsets,
-    parse_bands,
-    parse_label_map,
-    parse_stretch,
-    tile_scenes,
-    tile_windows,
-)
+from cloudcps.tiling import TileOptions, grid_offsets, tile_scenes, tile_windows
 from tests.conftest import L8_MAP, SceneFactory, shared_data, write_raster
 
 

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 
 from cloudcps.cli.main import cli
-from cloudcps.config import TrainConfig, load_config
-from cloudcps.cps import Trainer, resolve_config
-from cloudcps.datasets import VOC, InfiniteSampler, SegmentationDataset, TileFolder
 from cloudcps.errors import InputError
 from cloudcps.models import ModelSpec, build_pair, load_checkpoint
-from cloudcps.pseudo import PseudoLabelPolicy, supervised_loss
+from cloudcps.train import Trainer, resolve_config
+from cloudcps.train.config import TrainConfig, load_config
+from cloudcps.train.data import VOC, InfiniteSampler, SegmentationDataset, TileFolder
+from cloudcps.train.pseudo import PseudoLabelPolicy, supervised_loss
 from tests.conftest import shared_data
 
 TINY = {
@@ -134,7 +134,7 @@ def _take(it: object, n: int) -> list:
 
 
 def test_augmentation_pads_and_is_seeded(tiny_tiles: Path) -> None:
-    from cloudcps.datasets import Augment
+    from cloudcps.train.data import Augment
 
     folder = TileFolder(tiny_tiles)
     ds = SegmentationDataset(folder.items(folder.split("labeled")), Augment(crop=96))
@@ -390,7 +390,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 
     cfg = tiny_cfg(tiny_tiles, tmp_path / "R", iters=4, eval_every=1, mode="supervised")
     Trainer(cfg).fit(stop_at=2)
-    import cloudcps.cps as cps_module
+    import cloudcps.train as cps_module
 
     monkeypatch.setattr(
         cps_module, "supervised_loss", lambda logits, mask, weight=None: logits.sum() * float("nan")

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudcps.backends import InferenceModel
+from cloudcps.contract import DataContract, Stretch
 from cloudcps.predict import Predictor, predict_scene
-from cloudcps.suggest import ArrayUncertaintySink
-from cloudcps.tiling import DataContract, Stretch
-from cloudcps.uncertainty import (
+from cloudcps.predict.backends import InferenceModel
+from cloudcps.predict.uncertainty import (
     UNSURE_U8,
     PairRunner,
     disagreement,
@@ -21,6 +20,7 @@ from cloudcps.uncertainty import (
     load_for_uncertainty,
     uncertainty_path,
 )
+from cloudcps.suggest import ArrayUncertaintySink
 from tests.conftest import SceneFactory, run, scene_pair
 
 
@@ -137,8 +137,8 @@ def test_uncertainty_layer_of_a_tiny_cps_run(tiny_run: Path, tmp_path: Path, net
 
 
 def test_mask_with_the_layer_is_the_mask_of_both_networks(tiny_run: Path, tmp_path: Path) -> None:
-    from cloudcps.backends import load_model
     from cloudcps.predict import PredictOptions
+    from cloudcps.predict.backends import load_model
 
     scene, _ = scene_pair(tmp_path, "m", 96, 96, seed=4)
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"

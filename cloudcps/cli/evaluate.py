@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cloudcps.tiling import parse_label_map
+from cloudcps.contract import parse_label_map
 
 from .options import converter, device_opt, overwrite_opt, quiet, user_errors
 

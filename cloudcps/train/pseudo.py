@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cloudcps.tiling import IGNORE_INDEX, PARTIAL_BASE, partial_classes
+from cloudcps.contract import IGNORE_INDEX, PARTIAL_BASE, partial_classes
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 from rasterio.windows import Window
 
-from cloudcps.backends import InferenceModel, Runner, load_model
 from cloudcps.errors import InputError
+from cloudcps.predict.backends import InferenceModel, Runner, load_model
 
 Measure = Literal["disagreement", "entropy"]
 UNSURE = 0.5  # u at or above this is "unsure" (uint8 >= 128)

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import click
 
-from cloudcps.tiling import (
-    DEFAULT_CLASSES,
-    TileOptions,
-    parse_bands,
-    parse_label_map,
-    parse_stretch,
-    tile_scenes,
-)
+from cloudcps.contract import DEFAULT_CLASSES, parse_bands, parse_label_map, parse_stretch
+from cloudcps.tiling import TileOptions, tile_scenes
 
 from .options import (
     band_files_opt,
@@ -187,7 +181,7 @@ def tile(
     Scenes may also be products as downloaded (Sentinel-2 SAFE/.zip, Landsat Collection 2
     folders/.tar, STAC items) or --band-files; see cloudcps predict --help.
     """
-    from cloudcps.tiling import StretchSpec
+    from cloudcps.contract import StretchSpec
 
     assert isinstance(stretch, StretchSpec)
     opts = TileOptions(

@@ -154,7 +154,7 @@ def train(
     $ cloudcps train --data tiles --out runs/cps --iters 2000
     $ cloudcps train --data my-tiles --out runs/ft --init default --iters 500
     """
-    from cloudcps.cps import Trainer, resolve_config
+    from cloudcps.train import Trainer, resolve_config
 
     threads = options.pop("threads")
     if isinstance(threads, int):
@@ -164,7 +164,7 @@ def train(
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     cfg, state = resolve_config(overrides, str(config_file) if config_file else None, resume)
     if config_file is not None:
-        from cloudcps.cps import RUN_FILES
+        from cloudcps.train import RUN_FILES
 
         written = [Path(cfg.out) / name for name in RUN_FILES]
         if any(w.exists() and os.path.samefile(config_file, w) for w in written):

@@ -20,7 +20,7 @@ import rasterio
 import torch
 
 from cloudcps import __version__
-from cloudcps.datasets import SegmentationDataset, TileFolder
+from cloudcps.contract import IGNORE_INDEX, gdal_env, is_partial, partial_classes
 from cloudcps.errors import InputError
 from cloudcps.io import (
     atomic_dir,
@@ -36,7 +36,7 @@ from cloudcps.io import (
 from cloudcps.metrics import confusion_matrix, scores
 from cloudcps.models import LoadedModel
 from cloudcps.predict import NODATA, class_colours
-from cloudcps.tiling import IGNORE_INDEX, gdal_env, is_partial, partial_classes
+from cloudcps.train.data import SegmentationDataset, TileFolder
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def evaluate_models_on_tiles(
     """Predict the tiles of ``split`` with each model and score them against the label tiles."""
     from tqdm import tqdm
 
-    from cloudcps.cps import pad_to_multiple
+    from cloudcps.train import pad_to_multiple
 
     dev = device or torch.device("cpu")
     folder = TileFolder(data)
@@ -194,7 +194,7 @@ def evaluate_models_on_tiles(
     names, how = tuple(fold.names), ""
     if merge is None and all(cm.sum() == 0 for cm in cms.values()):
         # partial labels only (e.g. 0|3 and 1|2): score per group, as train validates them
-        from cloudcps.cps import validation_scores
+        from cloudcps.train import validation_scores
 
         grouped = {name: validation_scores(c, list(classes)) for name, c in by_code.items()}
         if all(g.get("grouped") for g in grouped.values()):

@@ -28,8 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from cloudcps.contract import IGNORE_INDEX, Stretch, partial_classes
 from cloudcps.synthetic import CLEAR, SHADOW, THICK, THIN, _fractal, _grid, _smoothstep
-from cloudcps.tiling import IGNORE_INDEX, Stretch, partial_classes
 
 _F32 = NDArray[np.float32]
 

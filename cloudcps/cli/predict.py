@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from cloudcps.contract import parse_bands
 from cloudcps.scenes import SceneRef
-from cloudcps.tiling import parse_bands
 
 from .options import (
     backend_opt,
@@ -162,10 +162,10 @@ def predict(
     Under torchrun (or any launcher that sets RANK and WORLD_SIZE) the scenes are shared among
     the ranks, each mask written by exactly one of them.
     """
-    from cloudcps.backends import load_model
     from cloudcps.errors import InputError
     from cloudcps.io import check_output_file, remove_stale_temps, written_by_cloudcps
     from cloudcps.predict import PredictOptions, check_window_options, predict_scene, scene_bands
+    from cloudcps.predict.backends import load_model
     from cloudcps.scenes import output_paths
 
     if not 0 <= buffer <= MAX_BUFFER:
@@ -250,7 +250,7 @@ def predict(
         click.echo(f"skipping {skipped} scene(s) whose mask exists (--skip-existing)")
     if mine:
         if uncertainty:
-            from cloudcps.uncertainty import load_for_uncertainty
+            from cloudcps.predict.uncertainty import load_for_uncertainty
 
             loaded = load_for_uncertainty(model, nets, backend, device, threads)
         else:
@@ -384,8 +384,8 @@ MAX_BUFFER = 250  # scikit-image's disk decomposition stops at radius 251
 def prediction_outputs(mask: Path, probabilities: bool, uncertainty: bool = False) -> list[Path]:
     """The files one scene's prediction writes: the mask, its JSON report, its probabilities,
     its uncertainty."""
+    from cloudcps.predict.uncertainty import uncertainty_path
     from cloudcps.scenes import sidecars
-    from cloudcps.uncertainty import uncertainty_path
 
     proba, report = sidecars(mask)
     extra = [uncertainty_path(mask)] if uncertainty else []

@@ -1,6 +1,6 @@
 """Where model files are found: a run folder's best.pt, a checkpoint file, or ``default`` (the
 starter cloud model that ships inside the package). Imported by both :mod:`cloudcps.models` and
-:mod:`cloudcps.backends`, so neither needs the other at import time."""
+:mod:`cloudcps.predict.backends`, so neither needs the other at import time."""
 
 from __future__ import annotations
 

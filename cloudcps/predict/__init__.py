@@ -22,8 +22,8 @@ A window without a valid pixel costs nothing: its data is not read and the netwo
 run on it (no valid pixel lies within it, so none of its blended values is ever kept; the mask
 is nodata there), so a scene that is mostly nodata takes the time of its valid part.
 
-The networks run on a backend (:mod:`cloudcps.backends`): ONNX Runtime on the CPU by default,
-PyTorch on CUDA or MPS; both get the same normalised windows and return probabilities.
+The networks run on a backend (:mod:`cloudcps.predict.backends`): ONNX Runtime on the CPU by
+default, PyTorch on CUDA or MPS; both get the same normalised windows and return probabilities.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from cloudcps import __version__
-from cloudcps.backends import InferenceModel, describe, from_loaded, is_out_of_memory
 from cloudcps.bands import DEFAULT_ORDER, needs_bands_message, raster_bands
+from cloudcps.contract import DataContract, Stretch, gdal_env, scale_values
 from cloudcps.errors import CloudCPSError, InputError
 from cloudcps.io import (
     GDAL_ERRORS,
@@ -59,6 +59,15 @@ from cloudcps.io import (
     reading,
     writing,
 )
+from cloudcps.predict.backends import InferenceModel, describe, from_loaded, is_out_of_memory
+from cloudcps.predict.uncertainty import (
+    UncertaintySink,
+    finish_uncertainty,
+    members_of,
+    open_uncertainty,
+    uncertainty_path,
+    uncertainty_report,
+)
 from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: were here)
     Scene,
     SceneRef,
@@ -67,15 +76,6 @@ from cloudcps.scenes import (  # noqa: F401  (default_mask_path, output_paths: w
     output_paths,
     sidecars,
     source_tags,
-)
-from cloudcps.tiling import DataContract, Stretch, gdal_env, scale_values
-from cloudcps.uncertainty import (
-    UncertaintySink,
-    finish_uncertainty,
-    members_of,
-    open_uncertainty,
-    uncertainty_path,
-    uncertainty_report,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class PredictOptions:
     scale: float | None = None  # None: the model's (the tiles' --scale / --offset)
     offset: float | None = None
     cog: bool = False
-    uncertainty: bool = False  # also NAME_uncertainty.tif (cloudcps.uncertainty)
+    uncertainty: bool = False  # also NAME_uncertainty.tif (cloudcps.predict.uncertainty)
 
 
 @dataclass
@@ -261,7 +261,7 @@ class Sink(Protocol):
 
 
 def as_inference(model: ModelLike, device: DeviceLike = None) -> InferenceModel:
-    """An :class:`~cloudcps.backends.InferenceModel`; a PyTorch ``LoadedModel`` is wrapped."""
+    """An :class:`~cloudcps.predict.backends.InferenceModel`; a ``LoadedModel`` is wrapped."""
     if isinstance(model, InferenceModel):
         return model
     return from_loaded(model, device or "cpu")
@@ -332,8 +332,9 @@ class Predictor:
     """Runs a model over sources window by window.
 
     Args:
-        model: an :class:`~cloudcps.backends.InferenceModel` (:func:`cloudcps.backends.load_model`,
-            any backend) or a PyTorch ``LoadedModel`` (:func:`cloudcps.models.load_for_inference`).
+        model: an :class:`~cloudcps.predict.backends.InferenceModel`
+            (:func:`cloudcps.predict.backends.load_model`, any backend) or a PyTorch
+            ``LoadedModel`` (:func:`cloudcps.models.load_for_inference`).
         device: where a ``LoadedModel`` runs (ignored for an ``InferenceModel``).
         tile_size, overlap: window geometry (defaults: the contract's tile size, 64 px).
         batch_size: windows per forward pass (default 8 on CUDA, 1 on the CPU, where batching

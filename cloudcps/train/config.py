@@ -78,7 +78,7 @@ class TrainConfig:
             raise InputError("give exactly one of --data (a tile folder) or --voc (VOC root)")
         if self.voc is not None and not self.voc_split:
             raise InputError("--voc needs --voc-split (a name such as 1-8, or a list file)")
-        from cloudcps.synclouds import LayerThresholds
+        from cloudcps.synthetic.clouds import LayerThresholds
 
         thick_alpha = LayerThresholds.thick_alpha
         checks = [

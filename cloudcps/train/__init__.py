@@ -6,7 +6,8 @@ learn from the labelled pixels and from the other's pseudo-labels:
     loss = CE(p1, y) + CE(p2, y) + lambda * [CE(p1, pseudo(p2)) + CE(p2, pseudo(p1))]
 
 ``mode="supervised"`` trains one network on the labelled images with the same schedule: the
-baseline CPS must beat. The pseudo-label policy (:mod:`cloudcps.pseudo`) and CutMix are options.
+baseline CPS must beat. The pseudo-label policy (:mod:`cloudcps.train.pseudo`) and CutMix are
+options.
 Names follow UniMatch: ``img_x``/``mask_x`` labelled, ``img_u`` unlabelled.
 """
 
@@ -32,17 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cloudcps.config import TrainConfig, config_from_dict, dump_config, load_config
-from cloudcps.datasets import (
-    VOC,
-    Augment,
-    InfiniteSampler,
-    Item,
-    SegmentationDataset,
-    TileFolder,
-    label_class_counts,
-    voc_contract,
-)
+from cloudcps.contract import DataContract, is_partial, partial_classes
 from cloudcps.devices import pick_device
 from cloudcps.errors import InputError, TrainingDivergedError
 from cloudcps.io import check_folder_path, contains, remove_stale_temps
@@ -55,8 +46,20 @@ from cloudcps.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from cloudcps.pasteclouds import PastedClouds, cloud_bank
-from cloudcps.pseudo import (
+from cloudcps.synthetic.clouds import CLOUD_CLASSES, LayerThresholds, SyntheticClouds
+from cloudcps.synthetic.paste import PastedClouds, cloud_bank
+from cloudcps.train.config import TrainConfig, config_from_dict, dump_config, load_config
+from cloudcps.train.data import (
+    VOC,
+    Augment,
+    InfiniteSampler,
+    Item,
+    SegmentationDataset,
+    TileFolder,
+    label_class_counts,
+    voc_contract,
+)
+from cloudcps.train.pseudo import (
     PseudoLabelPolicy,
     balanced_class_weights,
     box_mix_mask,
@@ -65,8 +68,6 @@ from cloudcps.pseudo import (
     restrict_to_labels,
     supervised_loss,
 )
-from cloudcps.synclouds import CLOUD_CLASSES, LayerThresholds, SyntheticClouds
-from cloudcps.tiling import DataContract, is_partial, partial_classes
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.yaml", "tb")
 
 def _written_by_train(path: Path) -> bool:
     """Whether a run file was written by cloudcps train (checked by content, not name)."""
-    from cloudcps.config import TrainConfig as _Cfg
+    from cloudcps.train.config import TrainConfig as _Cfg
 
     try:
         if path.suffix == ".pt":
@@ -422,7 +423,7 @@ def _written_by_train(path: Path) -> bool:
         if path.name == "config.yaml":
             import yaml
 
-            from cloudcps.config import CONFIG_HEADER
+            from cloudcps.train.config import CONFIG_HEADER
 
             text = path.read_text()
             data = yaml.safe_load(text)
@@ -509,7 +510,7 @@ def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:
     given = {k: overrides.get(k) for k in ("arch", "encoder") if overrides.get(k) is not None}
     if not given:
         return
-    from cloudcps.modelfiles import resolve_checkpoint
+    from cloudcps.models.files import resolve_checkpoint
 
     ckpt = resolve_checkpoint(init, option="--init")
     try:

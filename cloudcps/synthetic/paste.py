@@ -1,7 +1,7 @@
 """Real clouds, cut from labelled tiles and pasted over other real ground.
 
-Synthetic layers (:mod:`cloudcps.synclouds`) teach shapes and opacities that no annotator drew;
-pasted clouds teach what real clouds look like: their texture, their colour in each product,
+Synthetic layers (:mod:`cloudcps.synthetic.clouds`) teach shapes and opacities that no annotator
+drew; pasted clouds teach what real clouds look like: their texture, their colour in each product,
 cumulus cores and cirrus veils as the labelled tiles show them. ``train --paste-clouds P`` gives a
 share ``P`` of the labelled samples a cloud cut from another labelled tile (the *bank*: the
 labelled tiles with some, but not only, cloud pixels, exact or partial thick|thin labels):
@@ -30,15 +30,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from cloudcps.synclouds import (
+from cloudcps.contract import IGNORE_INDEX, Stretch
+from cloudcps.synthetic import SHADOW, _fractal, _grid, _smoothstep
+from cloudcps.synthetic.clouds import (
     LayerThresholds,
     blend,
     cloud_only_codes,
     shadowable_codes,
     to_reflectance,
 )
-from cloudcps.synthetic import SHADOW, _fractal, _grid, _smoothstep
-from cloudcps.tiling import IGNORE_INDEX, Stretch
 
 Loader = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """Item index -> (H, W, 3) uint8 image, (H, W) uint8 label, (H, W) bool valid."""

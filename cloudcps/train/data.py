@@ -23,10 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from cloudcps.errors import InputError, first_line
-from cloudcps.pasteclouds import PastedClouds
-from cloudcps.synclouds import SyntheticClouds
-from cloudcps.tiling import (
+from cloudcps.contract import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,6 +33,9 @@ from cloudcps.tiling import (
     DataContract,
     Stretch,
 )
+from cloudcps.errors import InputError, first_line
+from cloudcps.synthetic.clouds import SyntheticClouds
+from cloudcps.synthetic.paste import PastedClouds
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",

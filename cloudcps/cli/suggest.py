@@ -87,8 +87,8 @@ def suggest(
     $ cloudcps suggest --model runs/cps --data tiles --count 20 --out round1
     $ cloudcps tile scenes/*.tif --label-dir labels --label-dir round1/labels --out tiles-r1
     """
+    from cloudcps.predict.uncertainty import load_for_uncertainty
     from cloudcps.suggest import SuggestOptions, suggest_tiles
-    from cloudcps.uncertainty import load_for_uncertainty
 
     opts = SuggestOptions(split=split, count=count, per_scene=per_scene, overwrite=overwrite)
     opts.validate()  # before the model is loaded (or exported)
