@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnx", "torch")
 GRAPH_VERSION = 1  # bump when the exported graph's inputs, outputs or metadata change
 OPSET = 17
-# where model files are found lives in cloudcps.models.files (re-exported here, where it was)
-from cloudcps.models.files import (  # noqa: E402, F401
+# where model files are found lives in cloudcps.modelfiles (re-exported here, where it was)
+from cloudcps.modelfiles import (  # noqa: E402, F401
     DEFAULT_MODEL,
     DEFAULT_MODEL_FILE,
     default_model_path,

@@ -510,7 +510,7 @@ def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:
     given = {k: overrides.get(k) for k in ("arch", "encoder") if overrides.get(k) is not None}
     if not given:
         return
-    from cloudcps.models.files import resolve_checkpoint
+    from cloudcps.modelfiles import resolve_checkpoint
 
     ckpt = resolve_checkpoint(init, option="--init")
     try:
