@@ -212,7 +212,7 @@ def test_an_item_from_a_url_never_names_local_files(tmp_path: Path, href: str) -
 
 
 def test_an_absolute_href_of_a_remote_item_is_on_its_host() -> None:
-    from cloudcps.scenes import _gdal_href
+    from cloudcps.scenes.stac import _gdal_href
 
     got = _gdal_href("/abs/path.tif", "http://h:8/items/a", "item", "href")
     assert got == "/vsicurl/http://h:8/abs/path.tif"
@@ -668,12 +668,12 @@ def test_train_has_threads_and_a_nan_option_is_named(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_exits_130_in_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cloudcps.scenes as sc
+    import cloudcps.scenes.open as sc
 
     def interrupt(*args: Any, **kw: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sc, "open_scene", interrupt)
+    monkeypatch.setattr(sc, "_open_scene", interrupt)  # what every caller of open_scene runs
     scene = write_raster(tmp_path / "a.tif", np.ones((3, 8, 8), np.uint16), crs="EPSG:32633")
     for cmd in ("predict", "tile"):
         r = run(cmd, scene, "--out", tmp_path / "o")
