@@ -513,13 +513,13 @@ def test_full_or_read_only_disks(
 ) -> None:
     import cloudcps.evaluate as ev
     import cloudcps.predict as pr
-    import cloudcps.tiling as tl
+    import cloudcps.tiling.run as tl
 
     def broken(*a: Any, **k: Any) -> None:
         raise OSError(code, os.strerror(code), str(tmp_path / "somewhere"))
 
     fix = "free some space" if code == errno.ENOSPC else "read-only"
-    monkeypatch.setattr(tl, "_tile_scene", broken)
+    monkeypatch.setattr(tl, "tile_scene", broken)
     fails(tmp_path, tile_args(scenes, tmp_path / "t"), fix)
     monkeypatch.setattr(pr.RasterSink, "write", broken)
     scene = scenes / "scenes" / "a.tif"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cloudcps.contract import DEFAULT_CLASSES, parse_bands, parse_label_map, parse_stretch
-from cloudcps.tiling import TileOptions, tile_scenes
+from cloudcps.tiling import TileOptions, summary_lines, tile_scenes
 
 from .options import (
     band_files_opt,
@@ -137,34 +138,7 @@ def _classes(text: str) -> tuple[str, ...]:
 @overwrite_opt
 @click.pass_context
 @user_errors
-def tile(
-    ctx: click.Context,
-    scenes: tuple[Path, ...],
-    out: Path,
-    label_dir: tuple[Path, ...],
-    bands: tuple[int, ...] | None,
-    label_map: dict[int, int] | None,
-    unknown_labels: str,
-    classes: tuple[str, ...],
-    band_files: tuple[tuple[Path, ...], ...],
-    scale: float | None,
-    offset: float | None,
-    tile_size: int,
-    overlap: int,
-    stretch: object,
-    gamma: float,
-    labeled_fraction: float,
-    val: tuple[str, ...],
-    val_fraction: float,
-    cover_classes: bool,
-    min_valid: float,
-    seed: int,
-    workers: int,
-    image_format: str,
-    quality: int,
-    clear: tuple[Path, ...],
-    overwrite: bool,
-) -> None:
+def tile(ctx: click.Context, /, scenes: tuple[Path, ...], out: Path, **flags: Any) -> None:
     """Cut 4-band scenes into 8-bit RGB tiles (NIR dropped), aligned label tiles, a
     manifest that keeps each tile's georeferencing, and labeled/unlabeled/val split lists.
 
@@ -181,51 +155,20 @@ def tile(
     Scenes may also be products as downloaded (Sentinel-2 SAFE/.zip, Landsat Collection 2
     folders/.tar, STAC items) or --band-files; see cloudcps predict --help.
     """
-    from cloudcps.contract import StretchSpec
+    summary = tile_scenes(scenes, out, _tile_options(flags), progress=not quiet(ctx))
+    if not quiet(ctx):
+        for line in summary_lines(summary, flags["min_valid"]):
+            click.echo(line)
 
-    assert isinstance(stretch, StretchSpec)
-    opts = TileOptions(
-        tile_size=tile_size,
-        overlap=overlap,
-        bands=bands,
-        scale=1.0 if scale is None else scale,
-        offset=0.0 if offset is None else offset,
-        band_files=band_files,
-        stretch=stretch,
-        gamma=gamma,
-        label_dirs=label_dir,
-        clear=clear,
-        label_map=label_map,
-        unknown_labels="ignore" if unknown_labels == "ignore" else "error",
-        classes=classes,
-        labeled_fraction=labeled_fraction,
-        val=val,
-        val_fraction=val_fraction,
-        cover_classes=cover_classes,
-        seed=seed,
-        workers=workers,
-        image_format="png" if image_format == "png" else "jpg",
-        jpeg_quality=quality,
-        min_valid_fraction=min_valid,
-        overwrite=overwrite,
-    )
-    summary = tile_scenes(scenes, out, opts, progress=not quiet(ctx))
-    if quiet(ctx):
-        return
-    s = summary.splits
-    click.echo(
-        f"{summary.scenes} scene(s) ({summary.labeled_scenes} labelled) -> {summary.tiles} tiles "
-        f"in {summary.out}: labeled {s['labeled']}, unlabeled {s['unlabeled']}, val {s['val']}; "
-        f"skipped {summary.skipped_low_valid} (valid share < {min_valid:g})"
-    )
-    st = summary.stretch
-    click.echo(
-        f"stretch {st.method}: low {', '.join(f'{v:g}' for v in st.low[:3])}; "
-        f"high {', '.join(f'{v:g}' for v in st.high[:3])} (R,G,B)"
-    )
-    for split, shares in summary.class_shares.items():
-        if not any(shares.values()):  # partial labels only: no pixel of one exact class
-            click.echo(f"class shares {split}: - (partial labels only; see manifest.json)")
-            continue
-        parts = ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
-        click.echo(f"class shares {split}: {parts}")
+
+# flags named unlike their TileOptions field
+_FIELDS = {"label_dir": "label_dirs", "min_valid": "min_valid_fraction", "quality": "jpeg_quality"}
+
+
+def _tile_options(flags: dict[str, Any]) -> TileOptions:
+    """The flags of ``cloudcps tile`` (but SCENES and --out) as :class:`TileOptions`: one to one,
+    a few renamed; --scale / --offset not given are 1 / 0."""
+    fields = {_FIELDS.get(name, name): value for name, value in flags.items()}
+    fields["scale"] = 1.0 if fields["scale"] is None else fields["scale"]
+    fields["offset"] = 0.0 if fields["offset"] is None else fields["offset"]
+    return TileOptions(**fields)
