@@ -31,7 +31,7 @@ MAKE_CKPT = r"""
 import sys
 from pathlib import Path
 from cloudcps.models import ModelSpec, build_pair, save_checkpoint
-from cloudcps.tiling import DataContract, Stretch
+from cloudcps.contract import DataContract, Stretch
 spec = ModelSpec("deeplabv3plus", "tu-efficientnet_lite0", 4)
 nets, _ = build_pair(spec, "imagenet", seed=0)
 contract = DataContract(("clear", "thick cloud", "thin cloud", "cloud shadow"), (1, 2, 3, 4),

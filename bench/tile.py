@@ -21,7 +21,8 @@ NAIVE = r"""
 import sys, numpy as np, rasterio
 from pathlib import Path
 from PIL import Image
-from cloudcps.tiling import Stretch, grid_offsets
+from cloudcps.contract import Stretch
+from cloudcps.tiling import grid_offsets
 scene, out, lo, hi = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 out.mkdir(parents=True, exist_ok=True)
 st = Stretch("fixed", (lo,) * 3, (hi,) * 3)

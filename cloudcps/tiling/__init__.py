@@ -24,8 +24,6 @@ Submodules, in the order a run uses them:
 
 from __future__ import annotations
 
-from cloudcps.contract import DataContract as DataContract  # the contract's home: cloudcps.contract
-from cloudcps.contract import Stretch as Stretch
 from cloudcps.tiling.gather import check_scenes_exist as check_scenes_exist
 from cloudcps.tiling.options import TileOptions as TileOptions
 from cloudcps.tiling.options import TileSummary as TileSummary

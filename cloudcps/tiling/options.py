@@ -47,6 +47,13 @@ class TileOptions:
     min_valid_fraction: float = 0.1
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        # the Python API takes paths as str or os.PathLike in any sequence, as the CLI does
+        self.label_dirs = tuple(Path(p) for p in self.label_dirs)
+        self.clear = tuple(Path(p) for p in self.clear)
+        self.band_files = tuple(tuple(Path(p) for p in group) for group in self.band_files)
+        self.val = tuple(self.val)
+
     def validate(self) -> None:
         if self.tile_size < 32:
             raise InputError(f"--tile-size {self.tile_size} is too small; use 32 or more")
