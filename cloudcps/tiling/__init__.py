@@ -52,7 +52,6 @@ from cloudcps.io import (
     check_out_dir,
     check_owned,
     finite_integer_values,
-    is_virtual_path,
     open_raster,
     read_valid_mask,
     reading,
@@ -60,6 +59,7 @@ from cloudcps.io import (
     write_json,
     writing,
 )
+from cloudcps.scenes.missing import check_scenes_exist as check_scenes_exist
 from cloudcps.tiling.labels import TileLabel, find_tile_labels, paste
 
 log = logging.getLogger(__name__)
@@ -677,36 +677,6 @@ def choose_labeled(
 # --------------------------------------------------------------------------------------------
 
 
-def check_scenes_exist(
-    scenes: Sequence[str | os.PathLike[str]], clear: Sequence[str | os.PathLike[str]] = ()
-) -> None:
-    """Name every scene that does not exist (a typo, a shell pattern that matched no file) at
-    once, before any work; GDAL virtual names (``/vsizip/...``) are left to GDAL."""
-    missing = [
-        (opt, Path(p))
-        for opt, group in (("scene", scenes), ("--clear", clear))
-        for p in group
-        if not is_virtual_path(p) and not Path(p).exists()
-    ]
-    if not missing:
-        return
-
-    def name(opt: str, p: Path) -> str:
-        prefix = "--clear " if opt == "--clear" else ""
-        if any(c in p.name for c in "*?["):
-            return f"{prefix}{p} (a pattern that matched no file)"
-        return f"{prefix}{p}"
-
-    shown = ", ".join(name(o, p) for o, p in missing[:5])
-    if len(missing) > 5:
-        shown += f" and {len(missing) - 5} more"
-    if len(missing) == 1:
-        raise InputError(f"scene {shown} does not exist; check the path (nothing was tiled)")
-    raise InputError(
-        f"{len(missing)} scenes do not exist: {shown}; check the paths (nothing was tiled)"
-    )
-
-
 def _best_valid_share(scene: SceneInfo, tile: int) -> float:
     """The largest share of a tile a scene can fill (below 1 when it is smaller than a tile)."""
     return min(scene.width, tile) * min(scene.height, tile) / (tile * tile)
@@ -747,7 +717,7 @@ def tile_scenes(
     opts = options or TileOptions()
     opts.validate()
     out_path = Path(out)
-    check_scenes_exist(scenes, opts.clear)
+    check_scenes_exist(scenes, "tile", [("--clear", opts.clear)], " (nothing was tiled)")
     inputs = [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs)
     inputs += [f for files in opts.band_files for f in files]
     check_out_dir(out_path, opts.overwrite, "tiles", inputs)
