@@ -160,8 +160,7 @@ def predict(
     Under torchrun (or any launcher that sets RANK and WORLD_SIZE) the scenes are shared among
     the ranks, each mask written by exactly one of them.
     """
-    from cloudcps.predict.jobs import PredictJob, predict_scenes
-    from cloudcps.predict.scene import PredictOptions
+    from cloudcps.predict import PredictJob, PredictOptions, predict_scenes
 
     opts = PredictOptions(
         tile_size,

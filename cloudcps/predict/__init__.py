@@ -37,6 +37,7 @@ from cloudcps.predict.engine import (
     check_window_options,
     predict_array,
 )
+from cloudcps.predict.jobs import PredictJob, predict_scenes
 from cloudcps.predict.outputs import (
     DEFAULT_COLOURS,
     NODATA,
@@ -64,6 +65,7 @@ __all__ = [
     "ArraySink",
     "ArraySource",
     "InputTransform",
+    "PredictJob",
     "PredictOptions",
     "PredictResult",
     "Predictor",
@@ -84,6 +86,7 @@ __all__ = [
     "output_paths",
     "predict_array",
     "predict_scene",
+    "predict_scenes",
     "quiet_libtiff",
     "ramp",
     "resolve_bands",
