@@ -34,7 +34,7 @@ done
 # 2. agreement: CUDA bf16 against ONNX Runtime on the CPU, same windows
 "$PY" - <<'EOF' | tee "$OUT/agreement.txt"
 import numpy as np
-from cloudcps.backends import load_model
+from cloudcps.predict.backends import load_model
 from cloudcps.predict import predict_array
 rng = np.random.default_rng(0)
 data = (rng.random((4, 1500, 1700)) * 6000 + 500).astype(np.uint16)

@@ -23,8 +23,6 @@ from cloudcps.errors import InputError, OutputExistsError
 from cloudcps.io import _HOST, atomic_file, remove_stale_temps
 from cloudcps.predict import (
     InputTransform,
-    _prefetch,
-    _WriteBehind,
     argmax_classes,
     axis_windows,
     predict_array,
@@ -37,6 +35,8 @@ from cloudcps.predict.backends import (
     load_model,
     onnx_graph,
 )
+from cloudcps.predict.outputs import WriteBehind as _WriteBehind
+from cloudcps.predict.sources import prefetch as _prefetch
 from tests.conftest import scene_pair, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]

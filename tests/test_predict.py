@@ -18,13 +18,13 @@ from cloudcps.errors import CloudCPSError, InputError
 from cloudcps.models import Ensemble, LoadedModel, ModelSpec, create_network, load_for_inference
 from cloudcps.predict import (
     PredictOptions,
-    _buffer_raster,
     axis_windows,
     buffer_classes,
     predict_array,
     predict_scene,
     ramp,
 )
+from cloudcps.predict.outputs import buffer_raster as _buffer_raster
 from tests.conftest import shared_data, write_raster
 
 

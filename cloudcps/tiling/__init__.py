@@ -9,7 +9,8 @@ Submodules, in the order a run uses them:
 
 - ``options``: :class:`TileOptions` (the flags of ``cloudcps tile``, validated) and
   :class:`TileSummary` (what a run wrote, and its lines for people).
-- ``gather``: the input scenes checked before anything is written (:func:`check_scenes_exist`,
+- ``gather``: the input scenes checked before anything is written (that they exist: the check
+  shared with predict, :func:`cloudcps.scenes.missing.check_scenes_exist`;
   ``--clear``, distinct ids, labels found and valid, scenes too small for a tile).
 - ``scene``: one scene (:class:`SceneInfo`, :func:`inspect_scene`): its bands, its label raster
   and that raster's grid and values.
@@ -24,7 +25,7 @@ Submodules, in the order a run uses them:
 
 from __future__ import annotations
 
-from cloudcps.tiling.gather import check_scenes_exist as check_scenes_exist
+from cloudcps.scenes.missing import check_scenes_exist as check_scenes_exist
 from cloudcps.tiling.options import TileOptions as TileOptions
 from cloudcps.tiling.options import TileSummary as TileSummary
 from cloudcps.tiling.options import summary_dict as summary_dict

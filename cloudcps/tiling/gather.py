@@ -10,42 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloudcps.errors import InputError
-from cloudcps.io import check_out_dir, is_virtual_path
+from cloudcps.io import check_out_dir
+from cloudcps.scenes.missing import check_scenes_exist
 from cloudcps.tiling.labels import find_tile_labels
 from cloudcps.tiling.options import TileOptions
 from cloudcps.tiling.scene import SceneInfo, check_label_values, inspect_scene
 
 log = logging.getLogger(__name__)
-
-
-def check_scenes_exist(
-    scenes: Sequence[str | os.PathLike[str]], clear: Sequence[str | os.PathLike[str]] = ()
-) -> None:
-    """Name every scene that does not exist (a typo, a shell pattern that matched no file) at
-    once, before any work; GDAL virtual names (``/vsizip/...``) are left to GDAL."""
-    missing = [
-        (opt, Path(p))
-        for opt, group in (("scene", scenes), ("--clear", clear))
-        for p in group
-        if not is_virtual_path(p) and not Path(p).exists()
-    ]
-    if not missing:
-        return
-
-    def name(opt: str, p: Path) -> str:
-        prefix = "--clear " if opt == "--clear" else ""
-        if any(c in p.name for c in "*?["):
-            return f"{prefix}{p} (a pattern that matched no file)"
-        return f"{prefix}{p}"
-
-    shown = ", ".join(name(o, p) for o, p in missing[:5])
-    if len(missing) > 5:
-        shown += f" and {len(missing) - 5} more"
-    if len(missing) == 1:
-        raise InputError(f"scene {shown} does not exist; check the path (nothing was tiled)")
-    raise InputError(
-        f"{len(missing)} scenes do not exist: {shown}; check the paths (nothing was tiled)"
-    )
 
 
 def _best_valid_share(scene: SceneInfo, tile: int) -> float:
@@ -93,7 +64,7 @@ def gather_scenes(
 def _check_inputs(scenes: Sequence[str | os.PathLike[str]], out: Path, opts: TileOptions) -> None:
     """The scenes exist, ``--out`` may be written (and is none of them), there is a scene, and
     every ``--label-dir`` is a folder."""
-    check_scenes_exist(scenes, opts.clear)
+    check_scenes_exist(scenes, "tile", [("--clear", opts.clear)], " (nothing was tiled)")
     inputs = [Path(p) for p in scenes] + list(opts.clear) + list(opts.label_dirs)
     inputs += [f for files in opts.band_files for f in files]
     check_out_dir(out, opts.overwrite, "tiles", inputs)
