@@ -98,15 +98,11 @@ def cps_step(
     if u is None:  # CPS on the labelled images alone
         u = Batch(x.image, x.mask, x.valid)
     policy.observe_labeled(x.mask)
-    net1, net2 = nets
     if cutmix_generator is not None:
-        pred1, pred2, t_for_1, loss_u = _cross_on_mixed(
-            forward, net1, net2, x, u, policy, cutmix_generator
-        )
+        cross = _cross_on_mixed(cutmix_generator, forward, nets, x, u, policy)
     else:
-        pred1, pred2, t_for_1, loss_u = _cross_on_clean(
-            forward, net1, net2, x, u, policy, trust_labels
-        )
+        cross = _cross_on_clean(forward, nets, x, u, policy, trust_labels)
+    pred1, pred2, t_for_1, loss_u = cross
     bx = x.image.shape[0]
     loss_x = supervised_loss(pred1[:bx], x.mask, class_weight) + supervised_loss(
         pred2[:bx], x.mask, class_weight
@@ -120,14 +116,14 @@ _Cross = tuple[torch.Tensor, torch.Tensor, PseudoTargets, torch.Tensor]
 
 def _cross_on_clean(
     forward: Forward,
-    net1: nn.Module,
-    net2: nn.Module,
+    nets: list[nn.Module],
     x: Batch,
     u: Batch,
     policy: PseudoLabelPolicy,
     trust_labels: bool,
 ) -> _Cross:
     """The CPS term on every image of the step, labelled and unlabelled, as they are."""
+    net1, net2 = nets
     bx = x.image.shape[0]
     inputs = torch.cat([x.image, u.image])
     valid = torch.cat([x.valid, u.valid])
@@ -145,16 +141,16 @@ def _cross_on_clean(
 
 
 def _cross_on_mixed(
+    generator: torch.Generator,
     forward: Forward,
-    net1: nn.Module,
-    net2: nn.Module,
+    nets: list[nn.Module],
     x: Batch,
     u: Batch,
     policy: PseudoLabelPolicy,
-    generator: torch.Generator,
 ) -> _Cross:
     """The CPS term on the unlabelled images mixed by CutMix; the pseudo-labels are those of
-    the clean images, mixed the same way."""
+    the clean images, mixed the same way (boxes drawn from ``generator``)."""
+    net1, net2 = nets
     bx = x.image.shape[0]
     img_mix, valid_mix, mix = cutmix(u.image, u.valid, generator)
     with torch.no_grad():
