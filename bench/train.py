@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine
 
-from cloudcps.train import Trainer, _stream
+from cloudcps.train import Trainer, batch_stream
 from cloudcps.train.config import TrainConfig
 
 
@@ -46,8 +46,10 @@ def make_tiles(root: Path, tile: int) -> Path:
 
 def time_iterations(cfg: TrainConfig, iters: int, warmup: int = 2) -> list[float]:
     tr = Trainer(cfg)
-    it_x = _stream(tr.data.labeled, cfg, tr.rt, 0, 1)
-    it_u = _stream(tr.data.unlabeled, cfg, tr.rt, 0, 2) if tr.cps and tr.data.unlabeled else None
+    it_x = batch_stream(tr.data.labeled, cfg, tr.rt, 0, 1)
+    it_u = (
+        batch_stream(tr.data.unlabeled, cfg, tr.rt, 0, 2) if tr.cps and tr.data.unlabeled else None
+    )
     times = []
     for i in range(warmup + iters):
         if tr.rt.device.type == "cuda":

@@ -151,7 +151,7 @@ def test_bad_new_options_are_refused_in_one_line(
 def test_a_folder_without_cloudy_labels_is_refused_for_pasting(
     tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cloudcps.train as cps
+    import cloudcps.train.setup as cps
 
     monkeypatch.setattr(cps, "cloud_bank", lambda labels: ())
     res = CliRunner().invoke(

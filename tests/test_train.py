@@ -390,7 +390,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 
     cfg = tiny_cfg(tiny_tiles, tmp_path / "R", iters=4, eval_every=1, mode="supervised")
     Trainer(cfg).fit(stop_at=2)
-    import cloudcps.train as cps_module
+    import cloudcps.train.method as cps_module
 
     monkeypatch.setattr(
         cps_module, "supervised_loss", lambda logits, mask, weight=None: logits.sum() * float("nan")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
-
-from cloudcps.errors import InputError
 
 from .options import device_opt, overwrite_opt, quiet, user_errors
 
@@ -154,43 +151,24 @@ def train(
     $ cloudcps train --data tiles --out runs/cps --iters 2000
     $ cloudcps train --data my-tiles --out runs/ft --init default --iters 500
     """
-    from cloudcps.train import Trainer, resolve_config
+    from cloudcps.train import TrainingInterrupted, run_training
 
     threads = options.pop("threads")
-    if isinstance(threads, int):
-        import torch
-
-        torch.set_num_threads(threads)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
-    cfg, state = resolve_config(overrides, str(config_file) if config_file else None, resume)
-    if config_file is not None:
-        from cloudcps.train import RUN_FILES
-
-        written = [Path(cfg.out) / name for name in RUN_FILES]
-        if any(w.exists() and os.path.samefile(config_file, w) for w in written):
-            raise InputError(
-                f"--config {config_file} is a file this run writes in --out {cfg.out} (its "
-                "resolved config.yaml would replace yours): copy it out of the run folder first"
-            )
     try:
-        trainer = Trainer(cfg, resume_state=state, overwrite=overwrite, progress=not quiet(ctx))
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        latest = Path(cfg.out) / "latest.pt"
-        if latest.is_file():
-            click.echo(
-                f"interrupted; {latest} holds the last saved iteration: continue with --resume",
-                err=True,
-            )
-        else:
-            click.echo(
-                f"interrupted before the first checkpoint; nothing to resume in {cfg.out}: start "
-                "again with --overwrite",
-                err=True,
-            )
+        trainer, result = run_training(
+            overrides,
+            str(config_file) if config_file else None,
+            resume,
+            overwrite,
+            progress=not quiet(ctx),
+            threads=threads if isinstance(threads, int) else None,
+        )
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
         sys.exit(130)
     if trainer.rt.main and not quiet(ctx):
-        click.echo(f"trained {cfg.mode} to iteration {result.iteration} in {result.out}")
+        click.echo(f"trained {trainer.cfg.mode} to iteration {result.iteration} in {result.out}")
         if result.last_val is not None:
             key = str(result.last_val["selected"])
             val = result.last_val[key]
