@@ -23,7 +23,7 @@ from cloudcps.predict import PredictOptions, predict_scene
 from cloudcps.synthetic import make_dataset
 from cloudcps.tiling import TileOptions, tile_scenes
 from cloudcps.train import Trainer
-from cloudcps.train.config import TrainConfig
+from cloudcps.train.config import Mode, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +114,63 @@ def run_demo(
     times: dict[str, float] = {}
     t = time.perf_counter()
 
-    say(f"generating {b.scenes + 1} synthetic {b.scene_size} px scenes in {root / 'scenes'}")
-    if overwrite:  # only what a demo writes
-        import shutil
-
-        for sub in ("scenes", "tiles", "runs", "masks", "report"):
-            shutil.rmtree(root / sub, ignore_errors=True)
-    pairs = make_dataset(
-        root / "scenes", n_scenes=b.scenes + 1, size=b.scene_size, seed=seed, nodata_border_every=4
-    )
+    pairs = _generate(root, b, seed, overwrite, say)
     held = held_out_index(pairs, len(DEFAULT_CLASSES))  # never tiled, predicted as a whole scene
     test_scene, test_label = pairs[held]
     train_pairs = pairs[:held] + pairs[held + 1 :]
     times["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    _tile(root, b, train_pairs, seed, progress, say)
+    times["tile"] = time.perf_counter() - t
+
+    masks: dict[str, Path] = {}
+    evaluations: dict[str, Evaluation] = {}
+    for mode in ("supervised", "cps"):
+        t = time.perf_counter()
+        _train(root, b, mode, device, seed, progress, say, train_overrides)
+        times[f"train {mode}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        masks[mode] = _predict(root, mode, test_scene, progress)
+        evaluations[mode] = evaluate_rasters([(masks[mode], test_label)])
+        times[f"predict {mode}"] = time.perf_counter() - t
+
+    iou = _report(root, evaluations, f"held-out scene {test_scene.name} ({b.scene_size} px)")
+    return DemoResult(
+        out=root,
+        masks=masks,
+        report=root / "report" / "report.json",
+        figure=root / "report" / "samples.png",
+        iou=iou,
+        seconds=times,
+    )
+
+
+def _generate(
+    root: Path, b: DemoBudget, seed: int, overwrite: bool, say: Callable[[str], None]
+) -> list[tuple[Path, Path]]:
+    """Generate the scenes (one more than tiled: the held-out one) into ``root/scenes``; with
+    ``overwrite``, first remove what an earlier demo wrote (and only that)."""
+    say(f"generating {b.scenes + 1} synthetic {b.scene_size} px scenes in {root / 'scenes'}")
+    if overwrite:  # only what a demo writes
+        import shutil
+
+        for sub in ("scenes", "tiles", "runs", "masks", "report"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    return make_dataset(
+        root / "scenes", n_scenes=b.scenes + 1, size=b.scene_size, seed=seed, nodata_border_every=4
+    )
+
+
+def _tile(
+    root: Path,
+    b: DemoBudget,
+    train_pairs: list[tuple[Path, Path]],
+    seed: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> None:
+    """Tile the training scenes into ``root/tiles``: 1/16 labelled, the last scenes for val."""
     opts = TileOptions(
         tile_size=b.tile_size,
         label_dirs=(root / "scenes" / "labels",),
@@ -142,42 +184,55 @@ def run_demo(
         f"tiled {summary.tiles} tiles: {summary.splits['labeled']} labelled, "
         f"{summary.splits['unlabeled']} unlabelled, {summary.splits['val']} val"
     )
-    times["tile"] = time.perf_counter() - t
 
-    masks: dict[str, Path] = {}
-    evaluations: dict[str, Evaluation] = {}
-    for mode in ("supervised", "cps"):
-        t = time.perf_counter()
-        cfg = TrainConfig(
-            data=str(root / "tiles"),
-            out=str(root / "runs" / mode),
-            mode=mode,
-            iters=b.iters,
-            crop=b.crop,
-            batch_size=b.batch_size,
-            eval_every=max(1, b.iters // 4),
-            device=device,
-            seed=seed,
-            workers=0,
-            **(train_overrides or {}),
-        )
-        say(f"training {mode}: {b.iters} iterations, crop {b.crop}, batch {b.batch_size}")
-        Trainer(cfg, progress=progress).fit()
-        times[f"train {mode}"] = time.perf_counter() - t
-        t = time.perf_counter()
-        loaded = load_for_inference(root / "runs" / mode)
-        mask = root / "masks" / mode / f"{test_scene.stem}_mask.tif"
-        mask.parent.mkdir(parents=True, exist_ok=True)
-        predict_scene(test_scene, loaded, mask, PredictOptions(), progress=progress)
-        masks[mode] = mask
-        evaluations[mode] = evaluate_rasters([(mask, test_label)])
-        times[f"predict {mode}"] = time.perf_counter() - t
 
+def _train(
+    root: Path,
+    b: DemoBudget,
+    mode: Mode,
+    device: str,
+    seed: int,
+    progress: bool,
+    say: Callable[[str], None],
+    train_overrides: dict[str, Any] | None,
+) -> None:
+    """Train ``mode`` (supervised or cps) on ``root/tiles`` into ``root/runs/MODE``."""
+    cfg = TrainConfig(
+        data=str(root / "tiles"),
+        out=str(root / "runs" / mode),
+        mode=mode,
+        iters=b.iters,
+        crop=b.crop,
+        batch_size=b.batch_size,
+        eval_every=max(1, b.iters // 4),
+        device=device,
+        seed=seed,
+        workers=0,
+        **(train_overrides or {}),
+    )
+    say(f"training {mode}: {b.iters} iterations, crop {b.crop}, batch {b.batch_size}")
+    Trainer(cfg, progress=progress).fit()
+
+
+def _predict(root: Path, mode: str, test_scene: Path, progress: bool) -> Path:
+    """Predict the held-out scene with the run of ``mode``; the mask written."""
+    loaded = load_for_inference(root / "runs" / mode)
+    mask = root / "masks" / mode / f"{test_scene.stem}_mask.tif"
+    mask.parent.mkdir(parents=True, exist_ok=True)
+    predict_scene(test_scene, loaded, mask, PredictOptions(), progress=progress)
+    return mask
+
+
+def _report(
+    root: Path, evaluations: dict[str, Evaluation], source: str
+) -> dict[str, dict[str, float | None]]:
+    """Write both models' scores side by side into ``root/report``; per model the IoU of each
+    class and the mIoU."""
     first = evaluations["supervised"]
     combined = Evaluation(
         classes=first.classes,
         confusion={m: e.confusion["prediction"] for m, e in evaluations.items()},
-        source=f"held-out scene {test_scene.name} ({b.scene_size} px)",
+        source=source,
         samples=[
             {
                 **first.samples[0],
@@ -192,14 +247,7 @@ def run_demo(
     for mode, r in report["results"].items():
         iou[mode] = dict(zip(first.classes, r["iou"], strict=True))
         iou[mode]["mIoU"] = r["miou"]
-    return DemoResult(
-        out=root,
-        masks=masks,
-        report=root / "report" / "report.json",
-        figure=root / "report" / "samples.png",
-        iou=iou,
-        seconds=times,
-    )
+    return iou
 
 
 def format_result(res: DemoResult) -> list[str]:

@@ -493,7 +493,7 @@ def test_train_out_is_a_file(tiles: Path, tmp_path: Path) -> None:
 def test_an_unexpected_error_is_one_line_and_debug_shows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cloudcps.evaluate as ev
+    import cloudcps.evaluate.run as ev
 
     def boom(*a: Any, **k: Any) -> None:
         raise ZeroDivisionError("division by zero")
@@ -511,7 +511,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(
 def test_full_or_read_only_disks(
     scenes: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    import cloudcps.evaluate as ev
+    import cloudcps.evaluate.report as ev
     import cloudcps.predict as pr
     import cloudcps.tiling.run as tl
 

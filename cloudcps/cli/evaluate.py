@@ -91,45 +91,28 @@ def evaluate(
     $ cloudcps evaluate --model runs/sup --model runs/cps --data tiles --out report
     $ cloudcps evaluate --pred masks --ref labels --merge 1,2:1 --merge 3:0 --out report
     """
-    from cloudcps.errors import InputError
-    from cloudcps.evaluate import (
-        evaluate_models_on_tiles,
-        evaluate_rasters,
-        match_pairs,
-        model_names,
-        parse_merge,
-        write_report,
-    )
-    from cloudcps.io import check_out_dir
+    from cloudcps.evaluate import EvaluateRequest, parse_merge, run_evaluation
 
     try:
         folds = parse_merge(merge)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--merge") from None
-    inputs = [*models, *preds, *refs] + ([data] if data is not None else [])
-    check_out_dir(out, overwrite, "report", inputs)
-    if models and (preds or refs):
-        raise InputError("give either --model with --data, or --pred with --ref, not both")
-    if models:
-        if data is None:
-            raise InputError("--model needs --data (a tile folder) to score on")
-        from cloudcps.devices import pick_device
-        from cloudcps.models import load_for_inference
-
-        dev = pick_device(device or "auto")
-        loaded = [
-            (n, load_for_inference(m, device=dev))
-            for n, m in zip(model_names(models), models, strict=True)
-        ]
-        ev = evaluate_models_on_tiles(
-            loaded, data, split, folds or None, dev, samples, not quiet(ctx)
-        )
-    elif preds or refs:
-        pairs = match_pairs(preds, refs, allow_missing)
-        ev = evaluate_rasters(pairs, label_map, folds or None, align, samples)
-    else:
-        raise InputError("nothing to evaluate: give --model and --data, or --pred and --ref")
-    report = write_report(ev, out, overwrite)
+    request = EvaluateRequest(
+        out=out,
+        models=models,
+        data=data,
+        split=split,
+        preds=preds,
+        refs=refs,
+        label_map=label_map,
+        merge=folds or None,
+        align=align,
+        allow_missing=allow_missing,
+        samples=samples,
+        device=device,
+        overwrite=overwrite,
+    )
+    ev, report = run_evaluation(request, progress=not quiet(ctx))
     if quiet(ctx):
         return
     click.echo(f"{ev.source} -> {out}/report.md")

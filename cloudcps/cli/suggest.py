@@ -87,13 +87,12 @@ def suggest(
     $ cloudcps suggest --model runs/cps --data tiles --count 20 --out round1
     $ cloudcps tile scenes/*.tif --label-dir labels --label-dir round1/labels --out tiles-r1
     """
-    from cloudcps.predict.uncertainty import load_for_uncertainty
-    from cloudcps.suggest import SuggestOptions, suggest_tiles
+    from cloudcps.suggest import SuggestOptions, suggest_from_run
 
     opts = SuggestOptions(split=split, count=count, per_scene=per_scene, overwrite=overwrite)
-    opts.validate()  # before the model is loaded (or exported)
-    loaded = load_for_uncertainty(model, nets, backend, device, threads)
-    res = suggest_tiles(loaded, data, out, opts, progress=not quiet(ctx))
+    res = suggest_from_run(
+        model, data, out, opts, nets, backend, device, threads, progress=not quiet(ctx)
+    )
     if quiet(ctx):
         return
     click.echo(

@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from cloudcps.contract import IGNORE_INDEX, Stretch, partial_classes
-from cloudcps.synthetic import CLEAR, SHADOW, THICK, THIN, _fractal, _grid, _smoothstep
+from cloudcps.synthetic.noise import fractal, grid, smoothstep
+from cloudcps.synthetic.spec import CLEAR, SHADOW, THICK, THIN
 
 _F32 = NDArray[np.float32]
 
@@ -70,7 +71,7 @@ class CloudLayer:
 def draw_layer(rng: np.random.Generator, h: int, w: int) -> CloudLayer:
     """Draw a layer: cumulus-like thick cloud with soft edges, streaky thin cloud or haze, or
     both, and the thick cloud's shadow displaced in a random direction."""
-    yy, xx = _grid(h, w)
+    yy, xx = grid(h, w)
     side = float(max(h, w))
     kind = rng.choice(3, p=[0.45, 0.25, 0.30])  # 0 thick (+edges), 1 thin only, 2 both
     a_thick = np.zeros((h, w), np.float32)
@@ -81,14 +82,14 @@ def draw_layer(rng: np.random.Generator, h: int, w: int) -> CloudLayer:
     dr, dc = round(dist * math.sin(ang)), round(dist * math.cos(ang))
     if kind in (0, 2):
         ph, pw = h + abs(dr), w + abs(dc)
-        pyy, pxx = _grid(ph, pw)
-        f = _fractal(
+        pyy, pxx = grid(ph, pw)
+        f = fractal(
             rng, pyy, pxx, float(rng.uniform(0.15, 0.8)) * side, 7, float(rng.uniform(0.5, 0.65))
         )
         cover = float(rng.uniform(0.05, 0.6))
         thr = float(np.quantile(f, 1.0 - cover))
         ramp = float(rng.uniform(0.15, 1.2))  # soft (wide thin margins) to sharp edges
-        a_dom = _smoothstep((f - np.float32(thr)) / np.float32(ramp))
+        a_dom = smoothstep((f - np.float32(thr)) / np.float32(ramp))
         oy, ox = max(dr, 0), max(dc, 0)
         a_thick = np.ascontiguousarray(a_dom[oy : oy + h, ox : ox + w])
         src = a_dom[oy - dr : oy - dr + h, ox - dc : ox - dc + w]
@@ -97,7 +98,7 @@ def draw_layer(rng: np.random.Generator, h: int, w: int) -> CloudLayer:
         shade = np.zeros((h, w), np.float32)
     if kind in (1, 2):
         aniso = float(rng.uniform(1.0, 4.0))
-        g = _fractal(
+        g = fractal(
             rng, yy, xx, float(rng.uniform(0.2, 1.0)) * side, 5, float(rng.uniform(0.4, 0.55)),
             aniso=aniso, angle=float(rng.uniform(0, math.pi)),
         )  # fmt: skip
@@ -105,10 +106,10 @@ def draw_layer(rng: np.random.Generator, h: int, w: int) -> CloudLayer:
         thr = float(np.quantile(g, 1.0 - cover))
         amax = float(rng.uniform(0.2, 0.6))
         ramp = float(rng.uniform(0.3, 1.5))
-        a_thin = np.float32(amax) * _smoothstep((g - np.float32(thr)) / np.float32(ramp))
+        a_thin = np.float32(amax) * smoothstep((g - np.float32(thr)) / np.float32(ramp))
     alpha = np.float32(1.0) - (np.float32(1.0) - a_thick) * (np.float32(1.0) - a_thin)
     # cloud colour: near white, a little bluer, brighter in thick cores, with texture
-    tex = _fractal(rng, yy, xx, side / 8.0, 4, 0.6)
+    tex = fractal(rng, yy, xx, side / 8.0, 4, 0.6)
     b_thick = float(rng.uniform(0.35, 0.9))
     b_thin = float(rng.uniform(0.25, 0.55))
     share = np.where(alpha > 0, a_thick / np.maximum(alpha, np.float32(1e-6)), 0).astype(np.float32)

@@ -31,7 +31,6 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from cloudcps.contract import IGNORE_INDEX, Stretch
-from cloudcps.synthetic import SHADOW, _fractal, _grid, _smoothstep
 from cloudcps.synthetic.clouds import (
     LayerThresholds,
     blend,
@@ -39,6 +38,8 @@ from cloudcps.synthetic.clouds import (
     shadowable_codes,
     to_reflectance,
 )
+from cloudcps.synthetic.noise import fractal, grid, smoothstep
+from cloudcps.synthetic.spec import SHADOW
 
 Loader = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """Item index -> (H, W, 3) uint8 image, (H, W) uint8 label, (H, W) bool valid."""
@@ -150,13 +151,13 @@ def _blob(rng: np.random.Generator, h: int, w: int) -> _F32:
     """A soft, ragged region inside an ``(h, w)`` tile (1 inside, 0 outside): the part of the
     source's clouds that is cut, so a cloud-filled source gives a cloud-shaped cut, not a
     rectangle."""
-    yy, xx = _grid(h, w)
+    yy, xx = grid(h, w)
     side = float(max(h, w))
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
     radius = float(rng.uniform(0.15, 0.35)) * side
-    noise = _fractal(rng, yy, xx, side / 3.0, 4, 0.5)
+    noise = fractal(rng, yy, xx, side / 3.0, 4, 0.5)
     r = np.hypot(yy - np.float32(cy), xx - np.float32(cx)) / np.float32(radius)
-    return _smoothstep((np.float32(1.0) + np.float32(0.3) * noise - r) / np.float32(0.25))
+    return smoothstep((np.float32(1.0) + np.float32(0.3) * noise - r) / np.float32(0.25))
 
 
 def _orient(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
