@@ -163,20 +163,29 @@ def predict(
     from cloudcps.predict import PredictJob, PredictOptions, predict_scenes
 
     opts = PredictOptions(
-        tile_size,
-        overlap,
-        batch_size,
-        tta,
-        probabilities,
-        buffer,
-        bands,
-        overwrite,
-        scale,
-        offset,
-        cog,
-        uncertainty,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        probabilities=probabilities,
+        buffer=buffer,
+        bands=bands,
+        overwrite=overwrite,
+        scale=scale,
+        offset=offset,
+        cog=cog,
+        uncertainty=uncertainty,
     )
     job = PredictJob(
-        scenes, band_files, model, out, opts, nets, backend, device, threads, skip_existing
+        scenes=scenes,
+        band_files=band_files,
+        model=model,
+        out=out,
+        options=opts,
+        nets=nets,
+        backend=backend,
+        device=device,
+        threads=threads,
+        skip_existing=skip_existing,
     )
     predict_scenes(job, say=None if quiet(ctx) else click.echo, progress=not quiet(ctx))
