@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from cloudcps.train.pseudo import AdaptivePolicy, PseudoLabelPolicy, ThresholdPolicy, box_mix_mask
+from cloudcps.train.pseudo import (
+    AdaptivePolicy,
+    PseudoLabelPolicy,
+    ThresholdPolicy,
+    box_mix_mask,
+    restrict_to_labels,
+)
 
 
 def _probs(rows: list[list[float]]) -> torch.Tensor:
@@ -109,6 +115,24 @@ def test_trust_labels_replaces_pseudo_labels_on_labelled_images() -> None:
     trusted = t.trust_labels(mask)
     assert trusted.target.tolist() == [[[1, 0, 0]], [[0, 0, 0]]]
     assert trusted.denominator.item() == t.denominator.item() == 6
+
+
+def test_trust_labels_keeps_the_pseudo_label_inside_a_partial_label() -> None:
+    """A partial label (a set of classes) is no class id: its pixels keep the pseudo-label,
+    which restrict_to_labels has already kept inside the set (a code of 128+ as a target
+    crashed the loss)."""
+    from cloudcps.contract import partial_code
+
+    probs = torch.zeros(1, 3, 1, 3)
+    probs[:, 2] = 0.8  # the other network says class 2 everywhere
+    probs[:, 1] = 0.2
+    cloud = partial_code([1, 2])
+    mask = torch.tensor([[[0, cloud, 255]]])
+    kept = restrict_to_labels(probs, mask)
+    t = PseudoLabelPolicy(3).targets(kept, torch.ones(1, 1, 3, dtype=torch.bool))
+    trusted = t.trust_labels(mask)
+    assert trusted.target.tolist() == [[[0, 2, 2]]]
+    assert float(trusted.loss(torch.zeros(1, 3, 1, 3))) > 0
 
 
 def test_aligned_lifts_a_class_the_networks_forget_back_to_its_labelled_share() -> None:

@@ -137,10 +137,11 @@ class PseudoTargets:
 
     def trust_labels(self, mask: torch.Tensor) -> PseudoTargets:
         """Use the ground truth instead of pseudo-labels on the first ``len(mask)`` images, where
-        it exists: a network is never taught against a label."""
+        it names one class: a network is never taught against a label. Where a partial label
+        allows several classes, the pseudo-label (already kept inside them) stays."""
         n = mask.shape[0]
         target = self.target.clone()
-        target[:n] = torch.where(mask != IGNORE_INDEX, mask, target[:n])
+        target[:n] = torch.where(mask < PARTIAL_BASE, mask, target[:n])
         return PseudoTargets(target, self.denominator, self.raw, self.valid)
 
     def loss(self, logits: torch.Tensor) -> torch.Tensor:
