@@ -415,3 +415,24 @@ def test_ema_weights_are_what_is_saved(tiny_tiles: Path, tmp_path: Path) -> None
     assert not torch.equal(ema_sd[key], train_sd[key])
     assert torch.equal(ema_sd[key], trainer.ema_nets[0].state_dict()[key])
     assert "train_nets" not in load_checkpoint(tmp_path / "R" / "best.pt")
+
+
+def test_cps_trusts_the_labels_by_default_and_old_runs_resume_as_trained(tmp_path: Path) -> None:
+    """``trust_labels`` became the default (issue 22): a run saved before the option existed
+    resumes with the CPS term it was trained with (pseudo-labels on labelled images too)."""
+    import dataclasses
+
+    from cloudcps.models import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from cloudcps.train import resolve_config
+    from cloudcps.train.config import TrainConfig
+
+    assert TrainConfig().trust_labels is True
+    out = tmp_path / "old"
+    out.mkdir()
+    current = dataclasses.asdict(TrainConfig(data=str(tmp_path), out=str(out)))
+    before = {k: v for k, v in current.items() if k != "trust_labels"}
+    for stored, expected in ((before, False), (current, True)):
+        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": stored}
+        save_checkpoint(out / "latest.pt", state)
+        cfg, _ = resolve_config({"out": str(out)}, None, resume=True)
+        assert cfg.trust_labels is expected

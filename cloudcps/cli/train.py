@@ -69,7 +69,8 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 @click.option(
     "--trust-labels/--no-trust-labels",
     default=None,
-    help="On labelled images the CPS term uses the labels, not pseudo-labels.",
+    help="On labelled images the CPS term uses the labels, not the other network's "
+    "pseudo-labels (--no-trust-labels: the paper's loss).  [default: on]",
 )
 @click.option(
     "--synthetic-clouds",

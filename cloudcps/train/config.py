@@ -47,7 +47,7 @@ class TrainConfig:
     pseudo_labels: Policy = "adaptive"
     threshold: float = 0.9
     cutmix: bool = False
-    trust_labels: bool = False
+    trust_labels: bool = True  # CPS term on labelled images: the labels (issue 22)
     class_weights: str = "none"
     pool_labeled: bool = False
     synthetic_clouds: float = 0.0

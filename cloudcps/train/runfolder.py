@@ -87,7 +87,7 @@ def resolve_config(
             raise InputError(f"--resume: {latest} does not exist; start a run without --resume")
         state = load_checkpoint(latest)
         try:
-            base = config_from_dict(state["config"])
+            base = config_from_dict({**BEFORE_DEFAULTS, **state["config"]})
         except (KeyError, TypeError, AttributeError):
             raise InputError(
                 f"--resume: {latest} holds no training config; it is not a cloudcps train "
@@ -110,6 +110,9 @@ def resolve_config(
         _check_init_spec(cfg.init, overrides)
     return cfg, state
 
+
+# options whose default changed: a run saved before they existed resumes as it was trained
+BEFORE_DEFAULTS: dict[str, Any] = {"trust_labels": False}
 
 RESUME_FIXED = ("mode", "arch", "encoder", "optimizer", "encoder_norm", "ema", "synthetic_clouds",
                 "synthetic_thin_alpha", "paste_clouds", "pseudo_labels", "crop")  # fmt: skip
