@@ -177,15 +177,6 @@ def predict(
         uncertainty=uncertainty,
     )
     job = PredictJob(
-        scenes=scenes,
-        band_files=band_files,
-        model=model,
-        out=out,
-        options=opts,
-        nets=nets,
-        backend=backend,
-        device=device,
-        threads=threads,
-        skip_existing=skip_existing,
+        scenes, band_files, model, out, opts, nets, backend, device, threads, skip_existing
     )
     predict_scenes(job, say=None if quiet(ctx) else click.echo, progress=not quiet(ctx))
