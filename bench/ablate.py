@@ -44,12 +44,14 @@ def data_variant(name: str) -> Path:
     if name == "l8ocn":
         return STARTER_TILES
     # v2: + cloud-free L8 scenes (--clear), + Betsiboka unlabelled; v3: + On Cloud N labels
-    # screened; v4: + the desert tile's west half as clear ground
-    if name in ("v2", "v3", "v4"):
+    # screened; v4: + the desert tile's west half as clear ground; v5: + ukis-csmask teacher labels
+    if name in ("v2", "v3", "v4", "v5"):
         from starter import WORK as STARTER_WORK
         from starter import prepare
 
         return prepare(STARTER_WORK, name)
+    if name in REPEATS:
+        return repeated_variant(name)
     out = WORK / f"tiles-{name}"
     if (out / "manifest.json").exists():
         return out
@@ -89,6 +91,83 @@ def data_variant(name: str) -> Path:
     return out
 
 
+# sampling levers: protocol v4's tiles with some labelled tiles listed several times (the
+# trainer draws list entries uniformly, so a tile listed k times is drawn k times as often)
+REPEATS: dict[str, tuple[str, int]] = {
+    "v4-l8x4": ("l8biome", 4),  # the real L8 Biome train patches: 12 % of draws -> 35 %
+    "v4-hard": ("hard", 4),  # tiles whose labelled clear ground v4-base seed 0 calls cloud
+}
+HARD_MODEL = WORK / "runs" / "v4-base-s0" / "latest.pt"
+HARD_SHARE = 5.0  # % of a tile's labelled clear pixels called cloud that makes it "hard"
+
+
+def tile_false_cloud(tiles: Path, model: Path) -> dict[str, float]:
+    """Per labelled tile, the % of its labelled clear pixels that ``model`` calls cloud (thick
+    or thin), predicted on the tile's scene as ``cloudcps predict`` would (cached)."""
+    import numpy as np
+    from PIL import Image
+
+    cache = WORK / f"false_cloud-{tiles.name}-{model.parent.name}.json"
+    if cache.exists():
+        cached: dict[str, float] = json.loads(cache.read_text())
+        return cached
+    manifest = json.loads((tiles / "manifest.json").read_text())
+    scenes = {s["id"]: s for s in manifest["scenes"]}
+    labeled = set((tiles / "splits" / "labeled.txt").read_text().split())
+    fn = evalsets.model_predictor(model)
+    preds: dict[str, np.ndarray] = {}
+    out: dict[str, float] = {}
+    for t in manifest["tiles"]:
+        if t["id"] not in labeled or not t.get("label"):
+            continue
+        if t["scene"] not in preds:
+            preds[t["scene"]] = fn(Path(scenes[t["scene"]]["path"]))
+        w = t["window"]
+        p = preds[t["scene"]][
+            w["row_off"] : w["row_off"] + w["height"], w["col_off"] : w["col_off"] + w["width"]
+        ]
+        lab = np.asarray(Image.open(tiles / t["label"]))[: p.shape[0], : p.shape[1]]
+        clear = lab == 0
+        if clear.sum() >= 1000:
+            out[t["id"]] = round(100 * float(np.isin(p[clear], (1, 2)).mean()), 2)
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def repeated_variant(name: str) -> Path:
+    """Protocol v4's tiles (hard-linked) with a labelled list that repeats some tiles."""
+    from starter import WORK as STARTER_WORK
+    from starter import prepare
+
+    base = prepare(STARTER_WORK, "v4")
+    out = WORK / f"tiles-{name}"
+    if (out / "manifest.json").exists():
+        return out
+    which, times = REPEATS[name]
+    manifest = json.loads((base / "manifest.json").read_text())
+    scene_path = {s["id"]: str(s["path"]) for s in manifest["scenes"]}
+    tile_scene = {t["id"]: t["scene"] for t in manifest["tiles"]}
+    labeled = (base / "splits" / "labeled.txt").read_text().split()
+    if which == "l8biome":
+        pick = {t for t in labeled if "/l8biome/" in scene_path[tile_scene[t]]}
+    else:
+        shares = tile_false_cloud(base, HARD_MODEL)
+        pick = {t for t, v in shares.items() if v >= HARD_SHARE}
+    print(f"{name}: {len(pick)} of {len(labeled)} labelled tiles listed {times}x", flush=True)
+    (out / "splits").mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "labels", "valid"):  # hard links: the trainer refuses symlinks out
+        for f in sorted((base / sub).glob("*")) if (base / sub).is_dir() else []:
+            (out / sub).mkdir(exist_ok=True)
+            if not (out / sub / f.name).exists():
+                os.link(f.resolve(), out / sub / f.name)
+    for split in ("unlabeled", "val"):
+        (out / "splits" / f"{split}.txt").write_text((base / "splits" / f"{split}.txt").read_text())
+    rows = [t for t in labeled for _ in range(times if t in pick else 1)]
+    (out / "splits" / "labeled.txt").write_text("\n".join(rows) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def parse_value(v: str) -> Any:
     for conv in (int, float):
         try:
@@ -98,7 +177,9 @@ def parse_value(v: str) -> Any:
     return {"true": True, "false": False}.get(v, v)
 
 
-def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str, Any]:
+def run(
+    name: str, overrides: dict[str, Any], data: str, seed: int, curve_every: int = 0
+) -> dict[str, Any]:
     from cloudcps.train import Trainer
     from cloudcps.train.config import TrainConfig, config_from_dict
 
@@ -123,14 +204,25 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
         },
         TrainConfig(),
     )
-    resume = None
-    latest = Path(cfg.out) / "latest.pt"
-    if latest.exists():
-        from cloudcps.models import load_checkpoint
+    from cloudcps.models import load_checkpoint
 
-        resume = load_checkpoint(latest)
+    latest = Path(cfg.out) / "latest.pt"
     t0 = time.perf_counter()
-    res = Trainer(cfg, resume_state=resume, overwrite=resume is None).fit()
+    # with a curve: train in chunks (resumed, same schedule) and score every val set and the
+    # clear ground at the end of each; without: one stretch
+    stops = list(range(curve_every, iters, curve_every)) if curve_every else []
+    curve_path = Path(cfg.out) / "curve.json"
+    points: list[dict[str, Any]] = json.loads(curve_path.read_text()) if curve_path.exists() else []
+    best_iter = None
+    for stop in [*stops, iters]:
+        resume = load_checkpoint(latest) if latest.exists() else None
+        if resume is not None and int(resume["iteration"]) >= stop:
+            continue
+        trainer = Trainer(cfg, resume_state=resume, overwrite=resume is None)
+        best_iter = trainer.fit(stop_at=stop).best_iteration
+        if curve_every and stop < iters:
+            points.append({"iter": stop, **curve_point(latest)})
+            curve_path.write_text(json.dumps(points, indent=1))
     seconds = time.perf_counter() - t0
     curve = learning_curve(Path(cfg.out))
     s_final = evalsets.score_model(latest)
@@ -143,14 +235,26 @@ def run(name: str, overrides: dict[str, Any], data: str, seed: int) -> dict[str,
         "final_scores": s_final,
     }
     out.update(extras(latest))
+    if curve_every:
+        final_point = {"final": out["final"], "clear": out["clear"]}
+        out["curve"] = [*points, {"iter": iters, **final_point}]
     best = Path(cfg.out) / "best.pt"
     if best.exists():
         out["best"] = evalsets.headline(evalsets.score_model(best))
-        out["best_iter"] = res.best_iteration
+        out["best_iter"] = best_iter
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results[key] = out
     results_path.write_text(json.dumps(results, indent=1))
     return out
+
+
+def curve_point(model: Path) -> dict[str, Any]:
+    """One point of a long run's learning curve: every val set's headline and the clear
+    ground (the window checks only at the end: they cost as much as the rest)."""
+    return {
+        "final": evalsets.headline(evalsets.score_model(model)),
+        "clear": evalsets.clear_ground(evalsets.model_predictor(model)),
+    }
 
 
 def learning_curve(run: Path) -> list[tuple[int, float]]:
@@ -366,6 +470,9 @@ def main() -> None:
     ap.add_argument("--data", default="l8ocn")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--names")
+    ap.add_argument(
+        "--curve-every", type=int, default=0, help="score every val set every N iterations"
+    )
     args = ap.parse_args()
     import torch
 
@@ -373,7 +480,11 @@ def main() -> None:
     if args.what == "run":
         overrides = dict(kv.split("=", 1) for kv in args.set)
         out = run(
-            args.name, {k: parse_value(v) for k, v in overrides.items()}, args.data, args.seed
+            args.name,
+            {k: parse_value(v) for k, v in overrides.items()},
+            args.data,
+            args.seed,
+            args.curve_every,
         )
         print(args.name, json.dumps(out["final"]), "curve", out["curve_l8_val4"], flush=True)
     elif args.what == "levers":

@@ -144,6 +144,45 @@ def desert_clear_part(work: Path) -> Path:
     return out
 
 
+UKIS_CODES = {0: 128, 1: 1, 2: 64}  # ukis clear / cloud / shadow -> LABEL_MAP's clear, 1|2, 3
+UKIS_NODATA = 250
+
+
+def teacher_labels(work: Path, scenes: list[Path]) -> Path:
+    """ukis-csmask's masks of 4-band scenes as label rasters on their grids (issue 22's teacher
+    that sees NIR): clear -> clear, cloud -> the partial label "thick or thin", shadow ->
+    shadow, nodata -> ignored. ukis-csmask (Apache-2.0) is no oracle; never used on a val set."""
+    import rasterio
+    from peers import run_ukis
+
+    out = work / "ukis_labels"
+    out.mkdir(parents=True, exist_ok=True)
+    for scene in scenes:
+        dst = out / f"{scene.stem}.tif"
+        if dst.exists():
+            continue
+        with rasterio.open(scene) as src:
+            level = "l2a" if "oncloudn" in str(scene) or "l2a" in scene.name else "l1c"
+            csm = run_ukis(src.read([1, 2, 3, 4]), product_level=level, threads=1)
+            profile = {
+                "driver": "GTiff",
+                "width": src.width,
+                "height": src.height,
+                "count": 1,
+                "dtype": "uint8",
+                "crs": src.crs,
+                "transform": src.transform,
+                "nodata": UKIS_NODATA,
+            }
+        lab = np.full(csm.shape, UKIS_NODATA, np.uint8)
+        for k, v in UKIS_CODES.items():
+            lab[csm == k] = v
+        with rasterio.open(dst.with_suffix(".part"), "w", **profile) as d:
+            d.write(lab, 1)
+        dst.with_suffix(".part").rename(dst)
+    return out
+
+
 def prepare(work: Path, protocol: str = "v3") -> Path:
     """Tile every labelled patch/chip, the unlabelled scenes and the L8 Biome val patches (val).
 
@@ -152,7 +191,9 @@ def prepare(work: Path, protocol: str = "v3") -> Path:
     (``tile --clear``) and the cloudy Betsiboka scene to the unlabelled pool, and reads R, G, B
     only (the clear scenes have no NIR; the tiles never had it); ``v3`` also drops the On Cloud
     N labels that contradict their own image (:func:`screen_coarse_labels`; the chips stay as
-    unlabelled images).
+    unlabelled images); ``v4`` adds the desert tile's west half as known-clear ground; ``v5``
+    labels the unlabelled 4-band scenes and the rejected chips with ukis-csmask (a teacher that
+    sees NIR; cloud becomes the partial label "thick or thin").
     """
     from accuracy import _l8_toa
 
@@ -170,7 +211,7 @@ def prepare(work: Path, protocol: str = "v3") -> Path:
     ]
     args = []
     ocn_labels = SHARED / "oncloudn_train" / "labels"
-    if protocol in ("v3", "v4"):
+    if protocol in ("v3", "v4", "v5"):
         screen = screen_coarse_labels(ocn, ocn_labels)
         (work / "ocn_screen.json").write_text(json.dumps(screen, indent=1))
         ocn_labels = work / "ocn_labels_kept"
@@ -179,13 +220,16 @@ def prepare(work: Path, protocol: str = "v3") -> Path:
             link = ocn_labels / f"{name}.tif"
             if rec["keep"] and not link.exists():
                 link.symlink_to(SHARED / "oncloudn_train" / "labels" / f"{name}.tif")
-    if protocol in ("v2", "v3", "v4"):
+    if protocol in ("v2", "v3", "v4", "v5"):
         scenes.append(SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif")
         for name in CLEAR_SCENES:
             args += ["--clear", str(SHARED / "scenes" / name)]
-    if protocol == "v4":  # hard ground: bright desert known to be clear
+    if protocol in ("v4", "v5"):  # hard ground: bright desert known to be clear
         args += ["--clear", str(desert_clear_part(work))]
         args += ["--bands", "1,2,3"]
+    if protocol == "v5":  # + ukis-csmask's masks of the 4-band unlabelled scenes and chips
+        rejected = [c for c in ocn if not screen[c.stem]["keep"]]
+        args += ["--label-dir", str(teacher_labels(work, rejected + scenes))]
     args += [str(p) for p in l8_train + l8_val + ocn + scenes]
     for d in ("l8biome/train/masks", "l8biome/val/masks"):
         args += ["--label-dir", str(SHARED / d)]
@@ -514,7 +558,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--synthetic", type=float, default=STARTER_SYNTHETIC)
-    ap.add_argument("--protocol", choices=["v1", "v2", "v3", "v4"], default="v3")
+    ap.add_argument("--protocol", choices=["v1", "v2", "v3", "v4", "v5"], default="v3")
     ap.add_argument("--only", help="table: only runs whose name holds this")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--note", default="")
