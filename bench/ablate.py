@@ -510,9 +510,35 @@ def lever_table(names: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def held_out_table() -> str:
+    """The leave-them-out pair: % of each held-out Barren patch's clear pixels called cloud,
+    the floors beside (``python bench/ablate.py heldout``)."""
+    import statistics
+
+    results = json.loads((WORK / "results.json").read_text())
+    lines = [
+        "| model | seeds | " + " | ".join(HOLDOUT) + " |",
+        "|---|---|" + "---|" * len(HOLDOUT),
+    ]
+    for label, rec in held_out_floors().items():
+        cells = [f"{rec[p]['false_cloud']:.1f}" for p in HOLDOUT]
+        lines.append(f"| {label} | 1 | " + " | ".join(cells) + " |")
+    for name, rs in by_run(results).items():
+        rs = [r for r in rs if "held_out" in r]
+        if not rs:
+            continue
+        cells = []
+        for p in HOLDOUT:
+            v = [r["held_out"][p]["false_cloud"] for r in rs]
+            sd = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""
+            cells.append(f"{statistics.mean(v):.1f}{sd}")
+        lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["run", "table", "levers", "floors", "extras"])
+    ap.add_argument("what", choices=["run", "table", "levers", "heldout", "floors", "extras"])
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--data", default="l8ocn")
@@ -537,6 +563,8 @@ def main() -> None:
         print(args.name, json.dumps(out["final"]), "curve", out["curve_l8_val4"], flush=True)
     elif args.what == "levers":
         print(lever_table(args.names.split(",") if args.names else None))
+    elif args.what == "heldout":
+        print(held_out_table())
     elif args.what == "extras":
         add_extras()
     elif args.what == "floors":
