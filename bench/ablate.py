@@ -353,7 +353,7 @@ def floors_clear() -> dict[str, Any]:
 def add_extras() -> None:
     """Fill in the clear-ground and window numbers of finished runs scored before they existed,
     and of the shipped model (key ``shipped``)."""
-    from cloudcps.models import default_model_path
+    from cloudcps.modelfiles import default_model_path
 
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -312,7 +312,7 @@ def score(work: Path) -> dict[str, Any]:
             }
             print(f"scored {key}", flush=True)
     # the shipped model as users get it: its own windows (1024 px, 64 px overlap), and --tta
-    from cloudcps.models import default_model_path
+    from cloudcps.modelfiles import default_model_path
 
     shipped = default_model_path()
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:16]
@@ -354,7 +354,7 @@ def floor_rows(work: Path) -> list[tuple[str, list[dict[str, Any]]]]:
 
 def table(work: Path, only: str | None = None) -> str:
     """Markdown tables: each model on each val set, seeds as mean ± sd, floors on top."""
-    from cloudcps.models import default_model_path
+    from cloudcps.modelfiles import default_model_path
 
     results = json.loads((work / "scores.json").read_text())
     current = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
@@ -431,7 +431,7 @@ def package(run: Path, dest: Path, note: str) -> Path:
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, out)
-    from cloudcps.predict.backends import export_onnx, vouch_for_graph
+    from cloudcps.predict.graphs import export_onnx, vouch_for_graph
 
     export_onnx(dest, "both", dest.with_suffix(".onnx"))  # the graph CPU prediction runs
     vouch_for_graph(dest, dest.with_suffix(".onnx"))  # the checkpoint names it as its own

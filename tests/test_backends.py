@@ -21,20 +21,15 @@ from cloudcps.cli.main import cli
 from cloudcps.contract import DataContract, Stretch
 from cloudcps.errors import InputError, OutputExistsError
 from cloudcps.io import _HOST, atomic_file, remove_stale_temps
+from cloudcps.modelfiles import default_model_path
 from cloudcps.predict import (
     InputTransform,
     argmax_classes,
     axis_windows,
     predict_array,
 )
-from cloudcps.predict.backends import (
-    InferenceModel,
-    choose_backend,
-    default_model_path,
-    file_sha256,
-    load_model,
-    onnx_graph,
-)
+from cloudcps.predict.backends import InferenceModel, choose_backend, load_model
+from cloudcps.predict.graphs import file_sha256, onnx_graph
 from cloudcps.predict.outputs import WriteBehind as _WriteBehind
 from cloudcps.predict.sources import prefetch as _prefetch
 from tests.conftest import scene_pair, shared_data

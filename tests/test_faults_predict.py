@@ -84,7 +84,7 @@ def test_skip_existing_with_a_lost_report_gives_advice_that_works(
 @pytest.fixture(scope="module")
 def own_graph(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     """A copy of the tiny run's best.pt and the bytes of the graph cloudcps exports for it."""
-    from cloudcps.predict.backends import onnx_graph
+    from cloudcps.predict.graphs import onnx_graph
 
     root = tmp_path_factory.mktemp("graph")
     ckpt = root / "m.pt"
@@ -445,7 +445,7 @@ def test_bands_are_checked_against_every_scene_before_any_work(
 
 
 def test_an_onnx_model_is_refused_with_what_model_takes(tmp_path: Path) -> None:
-    from cloudcps.predict.backends import default_model_path
+    from cloudcps.modelfiles import default_model_path
 
     graph = tmp_path / "x.onnx"
     shutil.copyfile(default_model_path().with_suffix(".onnx"), graph)
@@ -511,7 +511,7 @@ def test_a_graph_beside_the_checkpoint_with_other_fused_weights_is_not_run(
 ) -> None:
     """Weights the export fused (Conv + BatchNorm, renamed onnx::Conv_*) cannot be compared with
     the checkpoint's: a graph beside it runs only when the checkpoint names its SHA-256."""
-    from cloudcps.predict.backends import graph_for, vouch_for_graph
+    from cloudcps.predict.graphs import graph_for, vouch_for_graph
 
     monkeypatch.setenv("CLOUDCPS_CACHE", str(tmp_path / "cache"))
     ckpt = _model_copy(own_graph, tmp_path)

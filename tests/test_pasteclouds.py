@@ -201,7 +201,7 @@ def test_local_aspp_sees_a_fixed_neighbourhood() -> None:
 def test_local_pooling_run_predicts_through_onnx(tiny_tiles: Path, tmp_path: Path) -> None:
     """A run of the new architecture is rebuilt from its checkpoint and exported."""
     from cloudcps.models import load_for_inference
-    from cloudcps.predict.backends import export_onnx
+    from cloudcps.predict.graphs import export_onnx
 
     out = tmp_path / "R"
     Trainer(tiny_cfg(tiny_tiles, out, iters=2, arch=LOCAL_POOL_ARCH, mode="supervised")).fit()

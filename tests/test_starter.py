@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from cloudcps.cli.main import cli
 from cloudcps.contract import DEFAULT_CLASSES, DataContract
 from cloudcps.errors import InputError
+from cloudcps.modelfiles import default_model_path
 from cloudcps.models import (
     ModelSpec,
     create_network,
-    default_model_path,
     load_checkpoint,
     load_for_inference,
     save_checkpoint,

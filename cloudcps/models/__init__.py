@@ -25,12 +25,7 @@ from cloudcps import __version__
 from cloudcps.contract import DataContract
 from cloudcps.errors import InputError, first_line
 from cloudcps.io import atomic_file
-from cloudcps.modelfiles import (  # noqa: F401  (re-exported: where models were found before)
-    DEFAULT_MODEL,
-    DEFAULT_MODEL_FILE,
-    default_model_path,
-    resolve_checkpoint,
-)
+from cloudcps.modelfiles import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -26,23 +26,8 @@ import numpy as np
 
 from cloudcps.contract import DataContract
 from cloudcps.errors import InputError, first_line
-
-# re-exported where they were: where model files are found (cloudcps.modelfiles) and the ONNX
-# graphs (cloudcps.predict.graphs)
-from cloudcps.modelfiles import (  # noqa: F401
-    DEFAULT_MODEL,
-    DEFAULT_MODEL_FILE,
-    default_model_path,
-    resolve_checkpoint,
-)
-from cloudcps.predict.graphs import (  # noqa: F401
-    cache_dir,
-    export_onnx,
-    file_sha256,
-    graph_for,
-    onnx_graph,
-    vouch_for_graph,
-)
+from cloudcps.modelfiles import resolve_checkpoint
+from cloudcps.predict.graphs import graph_for
 
 if TYPE_CHECKING:
     import torch
