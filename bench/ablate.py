@@ -1,7 +1,11 @@
 """Why the starter lost to a brightness rule: one change at a time on short schedules.
 
-    python bench/ablate.py run NAME [--set key=value ...] [--data l8ocn|l8] [--seed 0]
+    python bench/ablate.py run NAME [--set key=value ...] [--data l8ocn|l8|v4|v5|...] [--seed 0]
+        [--curve-every N]          # score every val set and the clear ground every N iterations
+    python bench/ablate.py adjust RUN --seed S [--tau 1] [--only "thin cloud"]
     python bench/ablate.py table [--names a,b,c]
+    python bench/ablate.py levers [--names a,b,c]    # issue 22's table (clear ground, window)
+    python bench/ablate.py heldout                   # the leave-the-Barren-patches-out pair
 
 Each run trains (supervised unless ``--set mode=cps``) on the tiles of ``bench/starter.py
 prepare`` with the overrides given, then scores its final checkpoint on every real val set
@@ -350,6 +354,32 @@ def floors_clear() -> dict[str, Any]:
     return out
 
 
+def model_of(key: str) -> Path:
+    """The checkpoint behind a results key: a run's final model, or an adjusted copy."""
+    run = WORK / "runs" / key / "latest.pt"
+    return run if run.exists() else WORK / "probe" / f"{key}.pt"
+
+
+def reclear() -> None:
+    """Score the clear ground again (e.g. after a new column) for every result, the shipped
+    model and the floors; each result is re-read before its write (runs may finish meanwhile)."""
+    results_path = WORK / "results.json"
+    for key in list(json.loads(results_path.read_text())):
+        clear = evalsets.clear_ground(evalsets.model_predictor(model_of(key)))
+        results = json.loads(results_path.read_text())
+        results[key]["clear"] = clear
+        results_path.write_text(json.dumps(results, indent=1))
+        print("clear", key, flush=True)
+    from cloudcps.modelfiles import default_model_path
+
+    shipped = WORK / "shipped.json"
+    rec = json.loads(shipped.read_text())
+    rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
+    shipped.write_text(json.dumps(rec, indent=1))
+    (WORK / "floors_clear.json").unlink(missing_ok=True)
+    floors_clear()
+
+
 def add_extras() -> None:
     """Fill in the clear-ground and window numbers of finished runs scored before they existed,
     and of the shipped model (key ``shipped``)."""
@@ -443,6 +473,9 @@ PATCHES = (
 )  # fmt: skip  (L8 Biome val patches with >= 10,000 clear pixels)
 
 
+FAR_PATCHES = PATCHES[:3]  # the three over the bar; "far": > 10 px from labelled cloud
+
+
 def _lever_cells(final: dict[str, Any] | None, r: dict[str, Any]) -> dict[str, float | None]:
     w, c = r.get("window", {}), r.get("clear", {})
     cells: dict[str, float | None] = dict(final or {})
@@ -458,6 +491,7 @@ def _lever_cells(final: dict[str, Any] | None, r: dict[str, Any]) -> dict[str, f
         cells["ocn cloud"] = w["ocn cloud @1024"]
     for p in PATCHES:
         cells[p] = c.get("l8 val clear patches", {}).get(p, {}).get("false_cloud")
+        cells[f"far {p}"] = c.get("l8 val clear patches", {}).get(p, {}).get("false_cloud_far")
     return cells
 
 
@@ -468,7 +502,11 @@ def lever_table(names: list[str] | None = None) -> str:
 
     results = json.loads((WORK / "results.json").read_text())
     fl, flc = evalsets.floors(WORK), floors_clear()
-    cols = LEVER_COLS + [f"fc {p.split('_')[0]}" for p in PATCHES]
+    cols = (
+        LEVER_COLS
+        + [f"fc {p.split('_')[0]}" for p in PATCHES]
+        + [f"far {p.split('_')[0]}" for p in FAR_PATCHES]
+    )
     lines = [
         "| model | seeds | " + " | ".join(cols) + " |",
         "|---|---|" + "---|" * len(cols),
@@ -476,7 +514,7 @@ def lever_table(names: list[str] | None = None) -> str:
 
     def row(label: str, recs: list[dict[str, float | None]]) -> str:
         out = []
-        for key in LEVER_COLS + list(PATCHES):
+        for key in LEVER_COLS + list(PATCHES) + [f"far {p}" for p in FAR_PATCHES]:
             v = [r[key] for r in recs if r.get(key) is not None]
             if not v:
                 out.append("-")
@@ -510,6 +548,44 @@ def lever_table(names: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def adjust(name: str, seed: int, tau: float, only: str | None) -> dict[str, Any]:
+    """Post-hoc logit adjustment of a finished run: subtract ``tau * log(w_c / w_clear)`` from
+    the head's bias, where ``w`` are the balanced class weights the run trained with (counted
+    from the shares in its first metrics row), so the network's scores lean back toward the
+    unweighted posterior; ``only``: adjust that class alone (e.g. ``thin cloud``). The bias
+    commutes with the upsampling, so this is exactly a per-class shift of the logits. Scored
+    like a run, under the key ``NAME-adjTAU[-ONLY]-sSEED``."""
+    import torch
+
+    from cloudcps.train.pseudo import balanced_class_weights
+
+    run_dir = WORK / "runs" / f"{name}-s{seed}"
+    state = torch.load(run_dir / "latest.pt", weights_only=True, map_location="cpu")
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    classes = list(first["classes"])
+    w = balanced_class_weights(torch.tensor(first["labeled_share"]))
+    shift = tau * torch.log(w / w[0])
+    if only is not None:
+        shift = shift * torch.tensor([float(c == only) for c in classes])
+    for net in state["nets"]:
+        net["segmentation_head.0.bias"] = net["segmentation_head.0.bias"] - shift
+    tag = f"adj{tau:g}" + (f"-{only.split()[0]}" if only else "")
+    model = WORK / "probe" / f"{name}-{tag}-s{seed}.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, model)
+    out: dict[str, Any] = {
+        "settings": {"adjusted": name, "tau": tau, "only": only, "shift": shift.tolist()},
+        "seed": seed,
+        "final": evalsets.headline(evalsets.score_model(model)),
+        **extras(model),
+    }
+    results_path = WORK / "results.json"
+    results = json.loads(results_path.read_text())
+    results[f"{name}-{tag}-s{seed}"] = out
+    results_path.write_text(json.dumps(results, indent=1))
+    return out
+
+
 def held_out_table() -> str:
     """The leave-them-out pair: % of each held-out Barren patch's clear pixels called cloud,
     the floors beside (``python bench/ablate.py heldout``)."""
@@ -538,12 +614,15 @@ def held_out_table() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["run", "table", "levers", "heldout", "floors", "extras"])
+    what = ["run", "adjust", "table", "levers", "heldout", "floors", "extras", "reclear"]
+    ap.add_argument("what", choices=what)
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--data", default="l8ocn")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--names")
+    ap.add_argument("--tau", type=float, default=1.0, help="adjust: the logit shift's scale")
+    ap.add_argument("--only", help="adjust: shift this class alone (e.g. 'thin cloud')")
     ap.add_argument(
         "--curve-every", type=int, default=0, help="score every val set every N iterations"
     )
@@ -563,8 +642,13 @@ def main() -> None:
         print(args.name, json.dumps(out["final"]), "curve", out["curve_l8_val4"], flush=True)
     elif args.what == "levers":
         print(lever_table(args.names.split(",") if args.names else None))
+    elif args.what == "adjust":
+        out = adjust(args.name, args.seed, args.tau, args.only)
+        print(args.name, json.dumps(out["final"]), json.dumps(out["clear"]), flush=True)
     elif args.what == "heldout":
         print(held_out_table())
+    elif args.what == "reclear":
+        reclear()
     elif args.what == "extras":
         add_extras()
     elif args.what == "floors":

@@ -168,10 +168,26 @@ def desert_regions(h: int, w: int) -> dict[str, np.ndarray]:
     return {"outside": outside, "east": east}
 
 
+FAR_PX = 10  # 300 m at L8 Biome's 30 m: beyond the cloud edges a label may draw either way
+
+
+def far_from_cloud(ref: np.ndarray, px: int = FAR_PX) -> np.ndarray:
+    """Pixels more than ``px`` pixels from any pixel labelled cloud (thick or thin): the clear
+    ground where a false cloud is no matter of where a cloud's edge or halo is drawn."""
+    from scipy import ndimage
+
+    cloud = np.isin(ref, (1, 2))
+    if not cloud.any():
+        return np.ones(ref.shape, bool)
+    return np.asarray(ndimage.distance_transform_edt(~cloud) > px)
+
+
 def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
     """False cloud on clear ground: the desert tile's share of valid pixels called cloud
     (outside its corner, and its held-out east part), and per L8 Biome val patch the share of
-    pixels labelled clear that are called cloud (thick or thin; shadow is not cloud)."""
+    pixels labelled clear that are called cloud (thick or thin; shadow is not cloud), over all
+    of them and over those more than ``FAR_PX`` pixels from labelled cloud (``false_cloud_far``):
+    most false cloud on these partly cloudy patches is next to a labelled cloud."""
     import rasterio
 
     cloud_codes = {"4": (1, 2), "3": (1,), "2": (1,)}[kind]
@@ -188,10 +204,14 @@ def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
         clear = ref == 0
         p = fn(img)
         n = int(clear.sum())
-        share = float(np.isin(p[clear], cloud_codes).mean()) if n else None
+        called = np.isin(p, cloud_codes)
+        share = float(called[clear].mean()) if n else None
+        far = clear & far_from_cloud(ref)
         patches[img.stem] = {
             "clear_pixels": n,
             "false_cloud": None if share is None else round(100 * share, 1),
+            "far_pixels": int(far.sum()),
+            "false_cloud_far": round(100 * float(called[far].mean()), 1) if far.any() else None,
         }
     out["l8 val clear patches"] = patches
     return out
