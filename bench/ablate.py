@@ -6,6 +6,8 @@
     python bench/ablate.py table [--names a,b,c]
     python bench/ablate.py levers [--names a,b,c]    # issue 22's table (clear ground, window)
     python bench/ablate.py heldout                   # the leave-the-Barren-patches-out pair
+    python bench/ablate.py patches v4-base-s0,ukis   # docs/img/clear_ground_patches.png
+    python bench/ablate.py curves v4-paste-long-s0   # docs/img/curves_v4-paste-long-s0.png
 
 Each run trains (supervised unless ``--set mode=cps``) on the tiles of ``bench/starter.py
 prepare`` with the overrides given, then scores its final checkpoint on every real val set
@@ -360,11 +362,15 @@ def model_of(key: str) -> Path:
     return run if run.exists() else WORK / "probe" / f"{key}.pt"
 
 
-def reclear() -> None:
-    """Score the clear ground again (e.g. after a new column) for every result, the shipped
-    model and the floors; each result is re-read before its write (runs may finish meanwhile)."""
+def reclear(prefix: str = "") -> None:
+    """Score the clear ground again (after a new column) for every result whose key starts with
+    ``prefix`` and lacks it, the shipped model and the floors; each result is re-read before its
+    write (runs may finish meanwhile)."""
     results_path = WORK / "results.json"
-    for key in list(json.loads(results_path.read_text())):
+    for key, r in json.loads(results_path.read_text()).items():
+        patch = next(iter(r.get("clear", {}).get("l8 val clear patches", {}).values()), {})
+        if not key.startswith(prefix) or "far_pixels" in patch:
+            continue
         clear = evalsets.clear_ground(evalsets.model_predictor(model_of(key)))
         results = json.loads(results_path.read_text())
         results[key]["clear"] = clear
@@ -374,10 +380,16 @@ def reclear() -> None:
 
     shipped = WORK / "shipped.json"
     rec = json.loads(shipped.read_text())
-    rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
-    shipped.write_text(json.dumps(rec, indent=1))
-    (WORK / "floors_clear.json").unlink(missing_ok=True)
-    floors_clear()
+
+    def has_far(clear: dict[str, Any]) -> bool:
+        return "far_pixels" in next(iter(clear["l8 val clear patches"].values()))
+
+    if not has_far(rec["clear"]):
+        rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
+        shipped.write_text(json.dumps(rec, indent=1))
+    if not all(has_far(v) for v in floors_clear().values()):
+        (WORK / "floors_clear.json").unlink()
+        floors_clear()
 
 
 def add_extras() -> None:
@@ -586,6 +598,90 @@ def adjust(name: str, seed: int, tau: float, only: str | None) -> dict[str, Any]
     return out
 
 
+def patch_pictures(models: list[str], out: Path) -> None:
+    """The L8 Biome val patches over the clear-ground bar: image, label, and each model's mask
+    (results keys, or ``ukis``), with the labelled cloud's 10 px margin outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import rasterio
+    from peers import run_ukis
+
+    # clear, thick, thin, shadow, and grey for unlabelled
+    colours = np.array([[0.2, 0.6, 0.2], [1, 1, 1], [0.6, 0.8, 1], [0.3, 0, 0.5], [0.5, 0.5, 0.5]])
+
+    def ukis(img: Path) -> Any:
+        with rasterio.open(img) as src:
+            u = run_ukis(src.read([1, 2, 3, 4]), threads=1)
+        return np.select([u == 1, u == 2], [1, 3], 0)
+
+    fns = {m: ukis if m == "ukis" else evalsets.model_predictor(model_of(m)) for m in models}
+    l8 = evalsets.val_sets()["l8"]
+    pairs = dict(zip([i.stem for i, _ in l8], l8, strict=True))
+    refs = dict(zip(pairs, evalsets.references()["l8"], strict=True))
+    fig, ax = plt.subplots(3, 2 + len(models), figsize=(2.6 * (2 + len(models)), 8))
+    for i, name in enumerate(FAR_PATCHES):
+        img = pairs[name][0]
+        with rasterio.open(img) as src:
+            rgb = np.clip((np.moveaxis(src.read([1, 2, 3]), 0, -1) / 12000.0) ** 0.5, 0, 1)
+        ref = refs[name]
+        margin = ~evalsets.far_from_cloud(ref) & (ref == 0)
+        panels = [rgb, colours[np.where(ref > 3, 4, ref)]]
+        for fn in fns.values():
+            pred = fn(img)
+            panels.append(colours[np.where(pred > 3, 4, pred)])
+        titles = [name, "label", *models]
+        for j, (pic, title) in enumerate(zip(panels, titles, strict=True)):
+            ax[i, j].imshow(pic)
+            if j >= 1:
+                ax[i, j].contour(margin, levels=[0.5], colors="red", linewidths=0.6)
+            ax[i, j].set_title(title, fontsize=8)
+            ax[i, j].axis("off")
+    fig.suptitle(
+        "green clear, white thick, light blue thin, purple shadow; red: clear within 10 px "
+        "(300 m) of labelled cloud",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=70)
+
+
+def curve_pictures(key: str, out: Path) -> None:
+    """A long run's learning curves (``--curve-every``): every val set's headline, and the
+    false cloud on clear ground (per val patch, all and far from labelled cloud; the desert)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = json.loads((WORK / "results.json").read_text())[key]["curve"]
+    its = [p["iter"] for p in curve]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for col in ("l8-4 mIoU", "l8-3 mIoU", "l8 shadow", "ocn cloud", "scr-4 mIoU", "scr thin"):
+        a.plot(its, [p["final"][col] for p in curve], marker="o", label=col)
+    a.set_xlabel("iteration")
+    a.set_ylabel("IoU %")
+    a.set_title(f"{key}: val sets (ocn cloud at the 256 px contract window)", fontsize=9)
+    a.legend(fontsize=7)
+    for patch in FAR_PATCHES:
+        short = patch.split("_")[0]
+        rows = [p["clear"]["l8 val clear patches"][patch] for p in curve]
+        (line,) = b.plot(its, [r["false_cloud"] for r in rows], marker="o", label=short)
+        far = [r.get("false_cloud_far") for r in rows]
+        if all(v is not None for v in far):
+            b.plot(its, far, ls="--", color=line.get_color(), label=f"{short}, > 10 px")
+    b.plot(its, [p["clear"]["desert outside"] for p in curve], marker="s", label="desert")
+    b.axhline(10, color="grey", lw=0.5)
+    b.set_xlabel("iteration")
+    b.set_ylabel("% of clear pixels called cloud")
+    b.set_title("false cloud on clear ground (bar: 10 %)", fontsize=9)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def held_out_table() -> str:
     """The leave-them-out pair: % of each held-out Barren patch's clear pixels called cloud,
     the floors beside (``python bench/ablate.py heldout``)."""
@@ -615,6 +711,7 @@ def held_out_table() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = ["run", "adjust", "table", "levers", "heldout", "floors", "extras", "reclear"]
+    what += ["patches", "curves"]
     ap.add_argument("what", choices=what)
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -647,8 +744,12 @@ def main() -> None:
         print(args.name, json.dumps(out["final"]), json.dumps(out["clear"]), flush=True)
     elif args.what == "heldout":
         print(held_out_table())
+    elif args.what == "patches":  # NAME: comma-separated results keys (or ukis)
+        patch_pictures(args.name.split(","), ROOT / "docs" / "img" / "clear_ground_patches.png")
+    elif args.what == "curves":  # NAME: a results key, e.g. v4-paste-long-s0
+        curve_pictures(args.name, ROOT / "docs" / "img" / f"curves_{args.name}.png")
     elif args.what == "reclear":
-        reclear()
+        reclear(args.name or "")
     elif args.what == "extras":
         add_extras()
     elif args.what == "floors":
