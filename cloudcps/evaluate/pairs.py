@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloudcps.errors import InputError
-from cloudcps.io import is_virtual_path
+from cloudcps.scenes.missing import check_options_exist
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,7 @@ def match_pairs(
         raise InputError(
             f"give as many --ref as --pred (got {len(preds)} --pred, {len(refs)} --ref)"
         )
-    missing = [
-        f"{opt} {p}"
-        for opt, group in (("--pred", preds), ("--ref", refs))
-        for p in group
-        if not is_virtual_path(p) and not Path(p).exists()
-    ]
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
-        raise InputError(
-            f"{shown} {'does' if len(missing) == 1 else 'do'} not exist; check the paths "
-            "(nothing was scored)"
-        )
+    check_options_exist([("--pred", preds), ("--ref", refs)], " (nothing was scored)")
     for p in list(preds) + list(refs):
         if p.is_dir():
             raise InputError(f"{p} is a folder; give two folders (--pred DIR --ref DIR) or files")
