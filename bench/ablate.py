@@ -606,7 +606,7 @@ def adjust(name: str, seed: int, tau: float, only: str | None) -> dict[str, Any]
     return out
 
 
-def patch_pictures(models: list[str], out: Path) -> None:
+def patch_pictures(models: list[str], out: Path, patches: tuple[str, ...] = FAR_PATCHES) -> None:
     """The L8 Biome val patches over the clear-ground bar: image, label, and each model's mask
     (results keys, or ``ukis``), with the labelled cloud's 10 px margin outlined."""
     import matplotlib
@@ -626,15 +626,18 @@ def patch_pictures(models: list[str], out: Path) -> None:
         return np.select([u == 1, u == 2], [1, 3], 0)
 
     fns = {m: ukis if m == "ukis" else evalsets.model_predictor(model_of(m)) for m in models}
-    l8 = evalsets.val_sets()["l8"]
-    pairs = dict(zip([i.stem for i, _ in l8], l8, strict=True))
-    refs = dict(zip(pairs, evalsets.references()["l8"], strict=True))
-    fig, ax = plt.subplots(3, 2 + len(models), figsize=(2.6 * (2 + len(models)), 8))
-    for i, name in enumerate(FAR_PATCHES):
-        img = pairs[name][0]
+    n = len(patches)
+    fig, ax = plt.subplots(n, 2 + len(models), figsize=(2.6 * (2 + len(models)), 2.7 * n))
+    ax = np.atleast_2d(ax)
+    for i, name in enumerate(patches):
+        img = evalsets.SHARED / "l8biome" / "val" / "images" / f"{name}.tif"
+        if not img.exists():
+            img = evalsets.SHARED / "l8biome" / "train" / "images" / f"{name}.tif"
         with rasterio.open(img) as src:
             rgb = np.clip((np.moveaxis(src.read([1, 2, 3]), 0, -1) / 12000.0) ** 0.5, 0, 1)
-        ref = refs[name]
+        with rasterio.open(img.parent.parent / "masks" / img.name) as m:
+            raw = m.read(1)
+        ref = np.select([raw == 128, raw == 255, raw == 192, raw == 64], [0, 1, 2, 3], 255)
         margin = ~evalsets.far_from_cloud(ref) & (ref == 0)
         panels = [rgb, colours[np.where(ref > 3, 4, ref)]]
         for fn in fns.values():
@@ -757,7 +760,14 @@ def main() -> None:
     elif args.what == "heldout":
         print(held_out_table())
     elif args.what == "patches":  # NAME: comma-separated results keys (or ukis)
-        patch_pictures(args.name.split(","), ROOT / "docs" / "img" / "clear_ground_patches.png")
+        if args.names:  # other L8 Biome patches, e.g. the held-out Barren ones
+            patch_pictures(
+                args.name.split(","),
+                ROOT / "docs" / "img" / "held_out_patches.png",
+                tuple(args.names.split(",")),
+            )
+        else:
+            patch_pictures(args.name.split(","), ROOT / "docs" / "img" / "clear_ground_patches.png")
     elif args.what == "curves":  # NAME: a results key, e.g. v4-paste-long-s0
         curve_pictures(args.name, ROOT / "docs" / "img" / f"curves_{args.name}.png")
     elif args.what == "reclear":
