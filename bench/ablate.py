@@ -264,24 +264,12 @@ def run(
 
 def held_out_clear(fn: evalsets.Predict, kind: str = "4") -> dict[str, Any]:
     """Per held-out Barren train patch, its clear pixels and the % of them called cloud."""
-    import numpy as np
-    import rasterio
-
     cloud_codes = {"4": (1, 2), "3": (1,), "2": (1,)}[kind]
     out: dict[str, Any] = {}
     for name in HOLDOUT:
         img = evalsets.SHARED / "l8biome" / "train" / "images" / f"{name}.tif"
-        with rasterio.open(img.parent.parent / "masks" / img.name) as m:
-            raw = m.read(1)
-        clear = raw == 128
-        far = clear & evalsets.far_from_cloud(np.select([raw == 255, raw == 192], [1, 2], 0))
-        called = np.isin(fn(img), cloud_codes)
-        out[name] = {
-            "clear_pixels": int(clear.sum()),
-            "false_cloud": round(100 * float(called[clear].mean()), 1),
-            "far_pixels": int(far.sum()),
-            "false_cloud_far": round(100 * float(called[far].mean()), 1) if far.any() else None,
-        }
+        ref = evalsets.l8_classes(img.parent.parent / "masks" / img.name)
+        out[name] = evalsets.patch_false_cloud(fn(img), ref, cloud_codes)
     return out
 
 
@@ -291,16 +279,11 @@ def held_out_floors() -> dict[str, Any]:
     if path.exists() and "far_pixels" in path.read_text():
         cached: dict[str, Any] = json.loads(path.read_text())
         return cached
-    import rasterio
-    from peers import run_ukis
-
-    def ukis(img: Path) -> Any:
-        with rasterio.open(img) as src:
-            return run_ukis(src.read([1, 2, 3, 4]), threads=1)
+    from peers import ukis_file
 
     out = {
         "rule t=2000": held_out_clear(evalsets.rule_predictor(2000.0), "2"),
-        "ukis-csmask": held_out_clear(ukis, "3"),
+        "ukis-csmask": held_out_clear(ukis_file, "3"),
     }
     path.write_text(json.dumps(out, indent=1))
     return out
@@ -337,8 +320,6 @@ def extras(model: str | Path) -> dict[str, Any]:
 def floors_clear() -> dict[str, Any]:
     """The floors' false cloud on clear ground (cached): the rule at both thresholds and
     ukis-csmask (4 bands: L1C for L8 Biome, L2A for the desert)."""
-    import rasterio
-
     path = WORK / "floors_clear.json"
     if path.exists():
         cached: dict[str, Any] = json.loads(path.read_text())
@@ -348,14 +329,9 @@ def floors_clear() -> dict[str, Any]:
         f"rule t={t:g}": evalsets.clear_ground(evalsets.rule_predictor(t), "2")
         for t in (fl["rule"]["threshold"], 2000.0)
     }
-    from peers import run_ukis
+    from peers import ukis_file
 
-    def ukis(path: Path) -> Any:
-        with rasterio.open(path) as src:
-            level = "l2a" if "l2a" in path.name else "l1c"
-            return run_ukis(src.read([1, 2, 3, 4]), product_level=level)
-
-    out["ukis-csmask"] = evalsets.clear_ground(ukis, "3")
+    out["ukis-csmask"] = evalsets.clear_ground(lambda p: ukis_file(p, threads=2), "3")
     path.write_text(json.dumps(out, indent=1))
     return out
 
@@ -366,36 +342,37 @@ def model_of(key: str) -> Path:
     return run if run.exists() else WORK / "probe" / f"{key}.pt"
 
 
+def _has_far(patches: dict[str, Any]) -> bool:
+    """Whether per-patch false-cloud records (``patch_false_cloud``) have the far column."""
+    return "far_pixels" in next(iter(patches.values()), {})
+
+
 def reclear(prefix: str = "") -> None:
     """Score the clear ground again (after a new column) for every result whose key starts with
     ``prefix`` and lacks it, the shipped model and the floors; each result is re-read before its
     write (runs may finish meanwhile)."""
     results_path = WORK / "results.json"
     for key, r in json.loads(results_path.read_text()).items():
-        if "held_out" in r and "far_pixels" not in r["held_out"][HOLDOUT[0]]:
-            results = json.loads(results_path.read_text())
-            results[key]["held_out"] = held_out_clear(evalsets.model_predictor(model_of(key)))
-            results_path.write_text(json.dumps(results, indent=1))
-        patch = next(iter(r.get("clear", {}).get("l8 val clear patches", {}).values()), {})
-        if not key.startswith(prefix) or "far_pixels" in patch:
+        if not key.startswith(prefix):
             continue
-        clear = evalsets.clear_ground(evalsets.model_predictor(model_of(key)))
-        results = json.loads(results_path.read_text())
-        results[key]["clear"] = clear
-        results_path.write_text(json.dumps(results, indent=1))
-        print("clear", key, flush=True)
+        redo: dict[str, Any] = {}
+        if "held_out" in r and not _has_far(r["held_out"]):
+            redo["held_out"] = held_out_clear(evalsets.model_predictor(model_of(key)))
+        if not _has_far(r.get("clear", {}).get("l8 val clear patches", {})):
+            redo["clear"] = evalsets.clear_ground(evalsets.model_predictor(model_of(key)))
+        if redo:
+            results = json.loads(results_path.read_text())
+            results[key].update(redo)
+            results_path.write_text(json.dumps(results, indent=1))
+            print("rescored", key, *redo, flush=True)
     from cloudcps.modelfiles import default_model_path
 
     shipped = WORK / "shipped.json"
     rec = json.loads(shipped.read_text())
-
-    def has_far(clear: dict[str, Any]) -> bool:
-        return "far_pixels" in next(iter(clear["l8 val clear patches"].values()))
-
-    if not has_far(rec["clear"]):
+    if not _has_far(rec["clear"]["l8 val clear patches"]):
         rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
         shipped.write_text(json.dumps(rec, indent=1))
-    if not all(has_far(v) for v in floors_clear().values()):
+    if not all(_has_far(v["l8 val clear patches"]) for v in floors_clear().values()):
         (WORK / "floors_clear.json").unlink()
         floors_clear()
 
@@ -615,14 +592,13 @@ def patch_pictures(models: list[str], out: Path, patches: tuple[str, ...] = FAR_
     import matplotlib.pyplot as plt
     import numpy as np
     import rasterio
-    from peers import run_ukis
+    from peers import ukis_file
 
     # clear, thick, thin, shadow, and grey for unlabelled
     colours = np.array([[0.2, 0.6, 0.2], [1, 1, 1], [0.6, 0.8, 1], [0.3, 0, 0.5], [0.5, 0.5, 0.5]])
 
     def ukis(img: Path) -> Any:
-        with rasterio.open(img) as src:
-            u = run_ukis(src.read([1, 2, 3, 4]), threads=1)
+        u = ukis_file(img)
         return np.select([u == 1, u == 2], [1, 3], 0)
 
     fns = {m: ukis if m == "ukis" else evalsets.model_predictor(model_of(m)) for m in models}
@@ -635,9 +611,7 @@ def patch_pictures(models: list[str], out: Path, patches: tuple[str, ...] = FAR_
             img = evalsets.SHARED / "l8biome" / "train" / "images" / f"{name}.tif"
         with rasterio.open(img) as src:
             rgb = np.clip((np.moveaxis(src.read([1, 2, 3]), 0, -1) / 12000.0) ** 0.5, 0, 1)
-        with rasterio.open(img.parent.parent / "masks" / img.name) as m:
-            raw = m.read(1)
-        ref = np.select([raw == 128, raw == 255, raw == 192, raw == 64], [0, 1, 2, 3], 255)
+        ref = evalsets.l8_classes(img.parent.parent / "masks" / img.name)
         margin = ~evalsets.far_from_cloud(ref) & (ref == 0)
         panels = [rgb, colours[np.where(ref > 3, 4, ref)]]
         for fn in fns.values():

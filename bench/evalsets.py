@@ -182,6 +182,30 @@ def far_from_cloud(ref: np.ndarray, px: int = FAR_PX) -> np.ndarray:
     return np.asarray(ndimage.distance_transform_edt(~cloud) > px)
 
 
+def patch_false_cloud(
+    pred: np.ndarray, ref: np.ndarray, cloud_codes: tuple[int, ...]
+) -> dict[str, Any]:
+    """% of a patch's clear pixels (``ref`` 0) that ``pred`` calls cloud, over all of them and
+    over those more than ``FAR_PX`` pixels from labelled cloud; None where there are none."""
+    clear = ref == 0
+    called = np.isin(pred, cloud_codes)
+    far = clear & far_from_cloud(ref)
+    return {
+        "clear_pixels": int(clear.sum()),
+        "false_cloud": round(100 * float(called[clear].mean()), 1) if clear.any() else None,
+        "far_pixels": int(far.sum()),
+        "false_cloud_far": round(100 * float(called[far].mean()), 1) if far.any() else None,
+    }
+
+
+def l8_classes(mask: Path) -> np.ndarray:
+    """An L8 Biome mask file as class ids (255: not labelled)."""
+    import rasterio
+
+    with rasterio.open(mask) as m:
+        return _lut(L8_MAP)[m.read(1)]
+
+
 def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
     """False cloud on clear ground: the desert tile's share of valid pixels called cloud
     (outside its corner, and its held-out east part), and per L8 Biome val patch the share of
@@ -201,18 +225,7 @@ def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
         out[f"desert {name}"] = round(100 * float(cloud[m].mean()), 2)
     patches: dict[str, Any] = {}
     for (img, _), ref in zip(val_sets()["l8"], references()["l8"], strict=True):
-        clear = ref == 0
-        p = fn(img)
-        n = int(clear.sum())
-        called = np.isin(p, cloud_codes)
-        share = float(called[clear].mean()) if n else None
-        far = clear & far_from_cloud(ref)
-        patches[img.stem] = {
-            "clear_pixels": n,
-            "false_cloud": None if share is None else round(100 * share, 1),
-            "far_pixels": int(far.sum()),
-            "false_cloud_far": round(100 * float(called[far].mean()), 1) if far.any() else None,
-        }
+        patches[img.stem] = patch_false_cloud(fn(img), ref, cloud_codes)
     out["l8 val clear patches"] = patches
     return out
 

@@ -6,6 +6,8 @@ It wants an (H, W, 4) float32 array of reflectance 0-1 and band names; its ``csm
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 UKIS_TO_OURS_BINARY = {0: 0, 1: 1, 2: 0}  # clear, cloud, shadow -> clear/cloud
@@ -30,3 +32,13 @@ def run_ukis(image_chw: np.ndarray, product_level: str = "l1c", threads: int = 2
     out = m.csm[..., 0].astype(np.uint8)
     out[np.all(a == 0, axis=0)] = 255
     return out
+
+
+def ukis_file(path: Path, threads: int = 1) -> np.ndarray:
+    """ukis-csmask on a 4-band R,G,B,NIR file (see :func:`run_ukis`); L2A (surface reflectance)
+    when the name says so or the file is an On Cloud N chip, L1C (TOA) otherwise."""
+    import rasterio
+
+    level = "l2a" if "l2a" in path.name or "oncloudn" in str(path) else "l1c"
+    with rasterio.open(path) as src:
+        return run_ukis(src.read([1, 2, 3, 4]), product_level=level, threads=threads)

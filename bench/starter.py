@@ -153,7 +153,7 @@ def teacher_labels(work: Path, scenes: list[Path]) -> Path:
     that sees NIR): clear -> clear, cloud -> the partial label "thick or thin", shadow ->
     shadow, nodata -> ignored. ukis-csmask (Apache-2.0) is no oracle; never used on a val set."""
     import rasterio
-    from peers import run_ukis
+    from peers import ukis_file
 
     out = work / "ukis_labels"
     out.mkdir(parents=True, exist_ok=True)
@@ -161,9 +161,8 @@ def teacher_labels(work: Path, scenes: list[Path]) -> Path:
         dst = out / f"{scene.stem}.tif"
         if dst.exists():
             continue
+        csm = ukis_file(scene)
         with rasterio.open(scene) as src:
-            level = "l2a" if "oncloudn" in str(scene) or "l2a" in scene.name else "l1c"
-            csm = run_ukis(src.read([1, 2, 3, 4]), product_level=level, threads=1)
             profile = {
                 "driver": "GTiff",
                 "width": src.width,
