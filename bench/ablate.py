@@ -50,8 +50,9 @@ def data_variant(name: str) -> Path:
     if name == "l8ocn":
         return STARTER_TILES
     # v2: + cloud-free L8 scenes (--clear), + Betsiboka unlabelled; v3: + On Cloud N labels
-    # screened; v4: + the desert tile's west half as clear ground; v5: + ukis-csmask teacher labels
-    if name in ("v2", "v3", "v4", "v5"):
+    # screened; v4: + the desert tile's west half as clear ground; v5: + ukis-csmask teacher
+    # labels; v6: v4 + the cloud-free Sentinel-2 L1C scene's north half as clear ground
+    if name in ("v2", "v3", "v4", "v5", "v6"):
         from starter import WORK as STARTER_WORK
         from starter import prepare
 
@@ -103,6 +104,8 @@ REPEATS: dict[str, tuple[str, int]] = {
     "v4-l8x4": ("l8biome", 4),  # the real L8 Biome train patches: 12 % of draws -> 35 %
     "v4-hard": ("hard", 4),  # tiles whose labelled clear ground v4-base seed 0 calls cloud
     "v4-nobarren": ("holdout", 0),  # the mostly clear Barren train patches held out
+    "v6-l8x4": ("l8biome", 4),  # as v4-l8x4, on protocol v6's tiles
+    "v6-l8x4-nobarren": ("l8biome-holdout", 4),  # starter v3's data, the Barren patches out
 }
 # the mostly clear Barren patches of L8 Biome train (100 %, 84 %, 100 % clear); no Shrubland
 # train patch is mostly clear (37 % and 44 %; the all-clear Shrubland_01 is a val patch)
@@ -145,39 +148,32 @@ def tile_false_cloud(tiles: Path, model: Path) -> dict[str, float]:
 
 
 def repeated_variant(name: str) -> Path:
-    """Protocol v4's tiles (hard-linked) with a labelled list that repeats some tiles."""
+    """A protocol's tiles (hard-linked; the protocol is the name's prefix, ``v4-l8x4`` -> v4)
+    with a labelled list that repeats some tiles."""
     from starter import WORK as STARTER_WORK
-    from starter import prepare
+    from starter import l8_tile_ids, prepare, repeat_tiles
 
-    base = prepare(STARTER_WORK, "v4")
+    base = prepare(STARTER_WORK, name.split("-")[0])
     out = WORK / f"tiles-{name}"
     if (out / "manifest.json").exists():
         return out
     which, times = REPEATS[name]
     manifest = json.loads((base / "manifest.json").read_text())
-    scene_path = {s["id"]: str(s["path"]) for s in manifest["scenes"]}
     tile_scene = {t["id"]: t["scene"] for t in manifest["tiles"]}
     labeled = (base / "splits" / "labeled.txt").read_text().split()
+    held = frozenset(t for t in labeled if tile_scene[t] in HOLDOUT)
     if which == "l8biome":
-        pick = {t for t in labeled if "/l8biome/" in scene_path[tile_scene[t]]}
+        pick = l8_tile_ids(base)
+    elif which == "l8biome-holdout":
+        print(f"{name}: {len(held)} tiles held out", flush=True)
+        return repeat_tiles(base, out, l8_tile_ids(base), times, held)
     elif which == "holdout":
-        pick = {t for t in labeled if tile_scene[t] in HOLDOUT}
+        pick = set(held)
     else:
         shares = tile_false_cloud(base, HARD_MODEL)
         pick = {t for t, v in shares.items() if v >= HARD_SHARE}
-    print(f"{name}: {len(pick)} of {len(labeled)} labelled tiles listed {times}x", flush=True)
-    (out / "splits").mkdir(parents=True, exist_ok=True)
-    for sub in ("images", "labels", "valid"):  # hard links: the trainer refuses symlinks out
-        for f in sorted((base / sub).glob("*")) if (base / sub).is_dir() else []:
-            (out / sub).mkdir(exist_ok=True)
-            if not (out / sub / f.name).exists():
-                os.link(f.resolve(), out / sub / f.name)
-    for split in ("unlabeled", "val"):
-        (out / "splits" / f"{split}.txt").write_text((base / "splits" / f"{split}.txt").read_text())
-    rows = [t for t in labeled for _ in range(times if t in pick else 1)]
-    (out / "splits" / "labeled.txt").write_text("\n".join(rows) + "\n")
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    print(f"{name}: {len(pick)} tiles listed {times}x", flush=True)
+    return repeat_tiles(base, out, pick, times)
 
 
 def parse_value(v: str) -> Any:
@@ -247,7 +243,7 @@ def run(
         "final_scores": s_final,
     }
     out.update(extras(latest))
-    if REPEATS.get(data, ("", 1))[0] == "holdout":
+    if REPEATS.get(data, ("", 1))[0] in ("holdout", "l8biome-holdout"):
         out["held_out"] = held_out_clear(evalsets.model_predictor(latest))
     if curve_every:
         final_point = {"final": out["final"], "clear": out["clear"]}
@@ -347,6 +343,11 @@ def _has_far(patches: dict[str, Any]) -> bool:
     return "far_pixels" in next(iter(patches.values()), {})
 
 
+def _clear_complete(clear: dict[str, Any]) -> bool:
+    """Whether a clear-ground record (``evalsets.clear_ground``) has every column of today."""
+    return _has_far(clear.get("l8 val clear patches", {})) and "s2 clear south" in clear
+
+
 def reclear(prefix: str = "") -> None:
     """Score the clear ground again (after a new column) for every result whose key starts with
     ``prefix`` and lacks it, the shipped model and the floors; each result is re-read before its
@@ -358,7 +359,7 @@ def reclear(prefix: str = "") -> None:
         redo: dict[str, Any] = {}
         if "held_out" in r and not _has_far(r["held_out"]):
             redo["held_out"] = held_out_clear(evalsets.model_predictor(model_of(key)))
-        if not _has_far(r.get("clear", {}).get("l8 val clear patches", {})):
+        if not _clear_complete(r.get("clear", {})):
             redo["clear"] = evalsets.clear_ground(evalsets.model_predictor(model_of(key)))
         if redo:
             results = json.loads(results_path.read_text())
@@ -369,10 +370,10 @@ def reclear(prefix: str = "") -> None:
 
     shipped = WORK / "shipped.json"
     rec = json.loads(shipped.read_text())
-    if not _has_far(rec["clear"]["l8 val clear patches"]):
+    if not _clear_complete(rec["clear"]):
         rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
         shipped.write_text(json.dumps(rec, indent=1))
-    if not all(_has_far(v["l8 val clear patches"]) for v in floors_clear().values()):
+    if not all(_clear_complete(v) for v in floors_clear().values()):
         (WORK / "floors_clear.json").unlink()
         floors_clear()
 
@@ -459,7 +460,7 @@ def table(names: list[str] | None = None) -> str:
 
 LEVER_COLS = [
     "l8-4 mIoU", "l8-3 mIoU", "l8 cloud", "l8 shadow", "ocn cloud", "ocn @256", "agree",
-    "scr-4 mIoU", "scr thin", "scr shadow", "desert", "desert east",
+    "scr-4 mIoU", "scr thin", "scr shadow", "desert", "desert east", "s2 clear S",
 ]  # fmt: skip
 PATCHES = (
     "GrassCrops_01_0413",
@@ -482,6 +483,7 @@ def _lever_cells(final: dict[str, Any] | None, r: dict[str, Any]) -> dict[str, f
             "agree": w.get("betsiboka agree 256/1024"),
             "desert": c.get("desert outside"),
             "desert east": c.get("desert east"),
+            "s2 clear S": c.get("s2 clear south"),
         }
     )
     if final is not None and "ocn cloud @1024" in w:
@@ -579,6 +581,36 @@ def adjust(name: str, seed: int, tau: float, only: str | None) -> dict[str, Any]
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text())
     results[f"{name}-{tag}-s{seed}"] = out
+    results_path.write_text(json.dumps(results, indent=1))
+    return out
+
+
+def ensemble(keys: list[str], name: str) -> dict[str, Any]:
+    """Two (or more) finished supervised runs as one model: their networks in one checkpoint,
+    which ``cloudcps predict`` averages (softmax mean, as for a CPS pair's ``--nets both``), at
+    the cost of one forward pass per network. Scored like a run, under the key ``NAME``."""
+    import torch
+
+    states = [torch.load(model_of(k), weights_only=True, map_location="cpu") for k in keys]
+    specs = {json.dumps(st["model"], sort_keys=True) for st in states}
+    if len(specs) != 1:
+        raise SystemExit(f"ensemble: {', '.join(keys)} are not the same network")
+    first = states[0]
+    skip = ("nets", "train_nets", "optimizer", "scheduler", "scaler", "rng", "policy")  # training
+    state = {k: v for k, v in first.items() if k not in skip}
+    state["nets"] = [net for st in states for net in st["nets"]]
+    model = WORK / "probe" / f"{name}.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, model)
+    out: dict[str, Any] = {
+        "settings": {"ensemble": keys},
+        "final": evalsets.headline(evalsets.score_model(model, nets="both")),
+        "clear": evalsets.clear_ground(evalsets.model_predictor(model, nets="both")),
+        "window": evalsets.window_checks(model, nets="both"),
+    }
+    results_path = WORK / "results.json"
+    results = json.loads(results_path.read_text())
+    results[name] = out
     results_path.write_text(json.dumps(results, indent=1))
     return out
 
@@ -697,10 +729,77 @@ def held_out_table() -> str:
     return "\n".join(lines)
 
 
+# the shipping gate (issue 22: never worse than the shipped model on a shared val set or on
+# clear ground), at the shipped model's 1024 px window
+GATE_HIGHER = ("l8-4 mIoU", "l8-3 mIoU", "ocn cloud", "scr-4 mIoU", "scr-3 mIoU")
+GATE_LOWER = ("desert outside", "s2 clear", *PATCHES)
+INFO = ("l8 cloud", "l8 shadow", "scr thin", "scr shadow")  # per class: reported, not gated
+
+
+def at_shipped_window(key: str) -> dict[str, Any]:
+    """A result's model scored as it would ship: every val set and the clear ground at 1024 px
+    windows (cached in the result as ``at1024``)."""
+    results = json.loads((WORK / "results.json").read_text())
+    if "at1024" in results.get(key, {}):
+        return dict(results[key]["at1024"])
+    model = model_of(key)
+    nets = "both" if "ensemble" in results.get(key, {}).get("settings", {}) else "1"
+    rec = {
+        "final": evalsets.headline(evalsets.score_model(model, nets, tile_size=1024)),
+        "clear": evalsets.clear_ground(evalsets.model_predictor(model, nets, tile_size=1024)),
+    }
+    results = json.loads((WORK / "results.json").read_text())  # runs may have finished
+    results.setdefault(key, {})["at1024"] = rec
+    (WORK / "results.json").write_text(json.dumps(results, indent=1))
+    return rec
+
+
+def _gate_values(rec: dict[str, Any]) -> dict[str, float | None]:
+    c = rec["clear"]
+    out: dict[str, float | None] = dict(rec["final"])
+    out["desert outside"] = c.get("desert outside")
+    out["s2 clear"] = c.get("s2 clear")
+    for p in PATCHES:
+        out[p] = c["l8 val clear patches"].get(p, {}).get("false_cloud")
+    return out
+
+
+def ship_check(keys: list[str]) -> str:
+    """Each candidate against the shipped model, column by column at 1024 px windows: the
+    columns that decide (val sets' mIoU and On Cloud N's cloud IoU may not fall; false cloud on
+    clear ground may not rise) and the per-class ones beside them."""
+    shipped = json.loads((WORK / "shipped.json").read_text())
+    base = _gate_values(shipped)
+    cols = [*GATE_HIGHER, *GATE_LOWER, *INFO]
+    names = [c if c not in PATCHES else f"fc {c.split('_')[0]}" for c in cols]
+    lines = [
+        "| model | " + " | ".join(names) + " | ships? |",
+        "|---|" + "---|" * (len(cols) + 1),
+        "| shipped starter v2 | " + " | ".join(_fmt(base[c]) for c in cols) + " | (today) |",
+    ]
+    for key in keys:
+        v = _gate_values(at_shipped_window(key))
+        worse = [
+            c
+            for c in cols
+            if v[c] is not None
+            and base[c] is not None
+            and ((c in GATE_HIGHER and v[c] < base[c]) or (c in GATE_LOWER and v[c] > base[c]))  # type: ignore[operator]
+        ]
+        cells = [_fmt(v[c]) + (" **x**" if c in worse else "") for c in cols]
+        verdict = "yes" if not worse else "no"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = ["run", "adjust", "table", "levers", "heldout", "floors", "extras", "reclear"]
-    what += ["patches", "curves"]
+    what += ["patches", "curves", "shipcheck", "ensemble"]
     ap.add_argument("what", choices=what)
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -746,6 +845,11 @@ def main() -> None:
         curve_pictures(args.name, ROOT / "docs" / "img" / f"curves_{args.name}.png")
     elif args.what == "reclear":
         reclear(args.name or "")
+    elif args.what == "ensemble":  # NAME: comma-separated results keys; --names: its key
+        out = ensemble(args.name.split(","), args.names)
+        print(args.names, json.dumps(out["final"]), flush=True)
+    elif args.what == "shipcheck":  # NAME: comma-separated results keys
+        print(ship_check(args.name.split(",")))
     elif args.what == "extras":
         add_extras()
     elif args.what == "floors":

@@ -123,8 +123,11 @@ def predict_sets(fn: Predict, sets: tuple[str, ...] = ("l8", "ocn", "scr")) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def model_predictor(model: str | Path, nets: str = "1", tta: bool = False) -> Predict:
-    """Whole-file predictions through the same code as ``cloudcps predict``."""
+def model_predictor(
+    model: str | Path, nets: str = "1", tta: bool = False, tile_size: int | None = None
+) -> Predict:
+    """Whole-file predictions through the same code as ``cloudcps predict`` (at the model's own
+    window, or at ``tile_size`` px: 1024 is the window the shipped model predicts at)."""
     import rasterio
     import torch
 
@@ -132,7 +135,8 @@ def model_predictor(model: str | Path, nets: str = "1", tta: bool = False) -> Pr
     from cloudcps.predict import ArraySink, Predictor, RasterSource
 
     loaded = load_for_inference(model, nets=nets)
-    pred = Predictor(loaded, torch.device("cpu"), tta=tta)
+    window = {} if tile_size is None else {"tile_size": tile_size}
+    pred = Predictor(loaded, torch.device("cpu"), tta=tta, **window)
 
     def run(path: Path) -> np.ndarray:
         with rasterio.open(path) as src:
@@ -143,8 +147,10 @@ def model_predictor(model: str | Path, nets: str = "1", tta: bool = False) -> Pr
     return run
 
 
-def score_model(model: str | Path, nets: str = "1", tta: bool = False) -> dict[str, Any]:
-    return scores(confusions(predict_sets(model_predictor(model, nets, tta)), "4"))
+def score_model(
+    model: str | Path, nets: str = "1", tta: bool = False, tile_size: int | None = None
+) -> dict[str, Any]:
+    return scores(confusions(predict_sets(model_predictor(model, nets, tta, tile_size)), "4"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,6 +162,10 @@ BETSIBOKA = SHARED / "scenes" / "s2_l1c_cloudy_betsiboka_rgbn.tif"
 # training may use the desert's west half as known-clear ground (bench/starter.py protocol v4);
 # its east half outside the cloudy corner stays held out
 DESERT_TRAIN_COLS = 0.5
+# the cloud-free Sentinel-2 L1C scene: hazy, bluish sea, marsh, beaches and fields; training may
+# use its north half as known-clear ground (protocol v6); its south half stays held out
+S2_CLEAR = SHARED / "scenes" / "s2_l1c_nocloud_rgbn.tif"
+S2_CLEAR_TRAIN_ROWS = 0.5
 
 
 def desert_regions(h: int, w: int) -> dict[str, np.ndarray]:
@@ -208,7 +218,8 @@ def l8_classes(mask: Path) -> np.ndarray:
 
 def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
     """False cloud on clear ground: the desert tile's share of valid pixels called cloud
-    (outside its corner, and its held-out east part), and per L8 Biome val patch the share of
+    (outside its corner, and its held-out east part), the same for the cloud-free Sentinel-2
+    L1C scene (all of it, and its held-out south half), and per L8 Biome val patch the share of
     pixels labelled clear that are called cloud (thick or thin; shadow is not cloud), over all
     of them and over those more than ``FAR_PX`` pixels from labelled cloud (``false_cloud_far``):
     most false cloud on these partly cloudy patches is next to a labelled cloud."""
@@ -223,6 +234,13 @@ def clear_ground(fn: Predict, kind: str = "4") -> dict[str, Any]:
     for name, region in desert_regions(*pred.shape).items():
         m = region & valid
         out[f"desert {name}"] = round(100 * float(cloud[m].mean()), 2)
+    with rasterio.open(S2_CLEAR) as src:
+        valid = np.all(src.read([1, 2, 3]) > 0, axis=0)
+    cloud = np.isin(fn(S2_CLEAR), cloud_codes)
+    south = np.zeros_like(valid)
+    south[int(S2_CLEAR_TRAIN_ROWS * valid.shape[0]) :] = True
+    out["s2 clear"] = round(100 * float(cloud[valid].mean()), 2)
+    out["s2 clear south"] = round(100 * float(cloud[valid & south].mean()), 2)
     patches: dict[str, Any] = {}
     for (img, _), ref in zip(val_sets()["l8"], references()["l8"], strict=True):
         patches[img.stem] = patch_false_cloud(fn(img), ref, cloud_codes)
