@@ -317,7 +317,7 @@ def l8_tile_ids(tiles: Path) -> set[str]:
 V3_PROTOCOL = "v6"
 V3_L8_REPEAT = 4
 V3_STAGE2: dict[str, Any] = {"iters": 250, "crop": 256, "lr": 0.002}
-V3_SEED = 1  # the seed that shipped (docs/model.md: both seeds' numbers, and why this one)
+V3_SEED = 1  # the seed that shipped (docs/model.md: every seed's numbers, and why this one)
 
 
 def train_v3(work: Path, seed: int, device: str, stage2: dict[str, Any] | None = None) -> Path:
