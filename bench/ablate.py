@@ -162,18 +162,16 @@ def repeated_variant(name: str) -> Path:
     tile_scene = {t["id"]: t["scene"] for t in manifest["tiles"]}
     labeled = (base / "splits" / "labeled.txt").read_text().split()
     held = frozenset(t for t in labeled if tile_scene[t] in HOLDOUT)
-    if which == "l8biome":
+    if which in ("l8biome", "l8biome-holdout"):
         pick = l8_tile_ids(base)
-    elif which == "l8biome-holdout":
-        print(f"{name}: {len(held)} tiles held out", flush=True)
-        return repeat_tiles(base, out, l8_tile_ids(base), times, held)
     elif which == "holdout":
         pick = set(held)
     else:
         shares = tile_false_cloud(base, HARD_MODEL)
         pick = {t for t, v in shares.items() if v >= HARD_SHARE}
-    print(f"{name}: {len(pick)} tiles listed {times}x", flush=True)
-    return repeat_tiles(base, out, pick, times)
+    drop = held if which == "l8biome-holdout" else frozenset()
+    print(f"{name}: {len(pick)} tiles listed {times}x, {len(drop)} held out", flush=True)
+    return repeat_tiles(base, out, pick, times, drop)
 
 
 def parse_value(v: str) -> Any:

@@ -135,8 +135,7 @@ def model_predictor(
     from cloudcps.predict import ArraySink, Predictor, RasterSource
 
     loaded = load_for_inference(model, nets=nets)
-    window = {} if tile_size is None else {"tile_size": tile_size}
-    pred = Predictor(loaded, torch.device("cpu"), tta=tta, **window)
+    pred = Predictor(loaded, torch.device("cpu"), tile_size=tile_size, tta=tta)
 
     def run(path: Path) -> np.ndarray:
         with rasterio.open(path) as src:

@@ -130,9 +130,8 @@ def desert_clear_part(work: Path) -> Path:
     not cloud. ESA's scene classification (SCL.tif) marks none of it cloud or shadow and 0.1 %
     "cirrus" (bright pans; none visible); the tile's cloud is in its north-east corner, and its
     east half stays held out for the false-cloud score (bench/evalsets.py)."""
-    with _open(evalsets.DESERT) as src:
-        height, cols = src.height, int(evalsets.DESERT_TRAIN_COLS * src.width)
-    return _crop_copy(evalsets.DESERT, work / "desert_west_clear.tif", 0, 0, height, cols)
+    cols = evalsets.DESERT_TRAIN_COLS
+    return _top_left_part(evalsets.DESERT, work / "desert_west_clear.tif", 1.0, cols)
 
 
 def s2_clear_part(work: Path) -> Path:
@@ -140,26 +139,21 @@ def s2_clear_part(work: Path) -> Path:
     hazy, bluish top-of-atmosphere ground (sea, lagoon, marsh, beaches, fields, a town) of the
     kind the network calls thin cloud. Its south half stays held out for the false-cloud score
     (bench/evalsets.py ``s2 clear south``)."""
-    with _open(evalsets.S2_CLEAR) as src:
-        rows, width = int(evalsets.S2_CLEAR_TRAIN_ROWS * src.height), src.width
-    return _crop_copy(evalsets.S2_CLEAR, work / "s2_clear_north.tif", 0, 0, rows, width)
+    rows = evalsets.S2_CLEAR_TRAIN_ROWS
+    return _top_left_part(evalsets.S2_CLEAR, work / "s2_clear_north.tif", rows, 1.0)
 
 
-def _open(path: Path) -> Any:
-    import rasterio
-
-    return rasterio.open(path)
-
-
-def _crop_copy(src_path: Path, out: Path, row: int, col: int, height: int, width: int) -> Path:
-    """A georeferenced copy of one window of ``src_path`` (written once, then reused)."""
+def _top_left_part(src_path: Path, out: Path, rows: float, cols: float) -> Path:
+    """A georeferenced copy of the top-left ``rows`` x ``cols`` share of ``src_path`` (written
+    once, then reused)."""
     import rasterio
     from rasterio.windows import Window
 
     if out.exists():
         return out
     with rasterio.open(src_path) as src:
-        win = Window(col, row, width, height)
+        height, width = int(rows * src.height), int(cols * src.width)
+        win = Window(0, 0, width, height)
         profile = {
             **src.profile,
             "width": width,
@@ -320,32 +314,21 @@ V3_STAGE2: dict[str, Any] = {"iters": 250, "crop": 256, "lr": 0.002}
 V3_SEED = 1  # the seed that shipped (docs/model.md: every seed's numbers, and why this one)
 
 
-def train_v3(work: Path, seed: int, device: str, stage2: dict[str, Any] | None = None) -> Path:
+def train_v3(work: Path, seed: int, device: str) -> Path:
     """Train (or resume) both stages of the v3 recipe for one seed; the stage-2 run folder."""
     base = prepare(work, V3_PROTOCOL)
     tiles = repeat_tiles(
         base, work / f"tiles-{V3_PROTOCOL}-l8x{V3_L8_REPEAT}", l8_tile_ids(base), V3_L8_REPEAT
     )
-    stage1 = {**CPU_SCHEDULE}
-    stage2 = {**CPU_SCHEDULE, **(stage2 if stage2 is not None else V3_STAGE2)}
     first = work / "runs" / f"v3-stage1-s{seed}"
     final = work / "runs" / f"v3-s{seed}"
-    for out, schedule, init in ((first, stage1, None), (final, stage2, first / "latest.pt")):
-        args = ["train", "--data", str(tiles), "--out", str(out), "--mode", "supervised"]
-        args += ["--seed", str(seed), "--synthetic-clouds", str(STARTER_SYNTHETIC)]
-        for k, v in schedule.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        args += ["--device", device, "--workers", "1", "--log-every", "25"]
-        args += ["--eval-every", str(max(1, int(schedule["iters"]) // 4))]
-        if (out / "latest.pt").exists():
-            from cloudcps.models import load_checkpoint
-
-            if int(load_checkpoint(out / "latest.pt")["iteration"]) >= int(schedule["iters"]):
-                continue
-            args += ["--resume"]
-        elif init is not None:
-            args += ["--init", str(init)]
-        cloudcps("-q", *args)
+    for out, schedule, init in (
+        (first, CPU_SCHEDULE, None),
+        (final, {**CPU_SCHEDULE, **V3_STAGE2}, first / "latest.pt"),
+    ):
+        every = max(1, int(schedule["iters"]) // 4)
+        syn = STARTER_SYNTHETIC
+        train_run(tiles, out, "supervised", seed, schedule, device, syn, every, [], init)
     return final
 
 
@@ -366,21 +349,41 @@ def train(
     """Train (or resume) one run of the starter protocol."""
     tiles = prepare(work, protocol)
     out = run_dir(work, mode, seed, schedule["iters"], synthetic)
+    extra = ["--pool-labeled"] if mode == "cps" else []
+    train_run(tiles, out, mode, seed, schedule, device, synthetic, 250, extra)
+    return out
+
+
+def train_run(
+    tiles: Path,
+    out: Path,
+    mode: str,
+    seed: int,
+    schedule: dict[str, Any],
+    device: str,
+    synthetic: float,
+    eval_every: int,
+    extra: list[str],
+    init: Path | None = None,
+) -> None:
+    """One ``cloudcps train`` run of the starter (CLI, one worker): resumed when ``out`` holds
+    an unfinished run, skipped when it holds a finished one; ``extra``: more options; ``init``:
+    the weights a new run starts from."""
     args = ["train", "--data", str(tiles), "--out", str(out), "--mode", mode, "--seed", str(seed)]
     for k, v in schedule.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     args += ["--synthetic-clouds", str(synthetic)]
-    args += ["--device", device, "--workers", "1", "--eval-every", "250", "--log-every", "25"]
-    if mode == "cps":
-        args += ["--pool-labeled"]
+    args += ["--device", device, "--workers", "1", "--eval-every", str(eval_every)]
+    args += ["--log-every", "25"]
     if (out / "latest.pt").exists():
         from cloudcps.models import load_checkpoint
 
-        if int(load_checkpoint(out / "latest.pt")["iteration"]) >= schedule["iters"]:
-            return out
+        if int(load_checkpoint(out / "latest.pt")["iteration"]) >= int(schedule["iters"]):
+            return
         args += ["--resume"]
-    cloudcps("-q", *args)
-    return out
+    elif init is not None:
+        args += ["--init", str(init)]
+    cloudcps("-q", *args, *extra)
 
 
 # --------------------------------------------------------------------------------------------
