@@ -256,6 +256,38 @@ def run(
     return out
 
 
+def recalibrated(src: str, name: str) -> dict[str, Any]:
+    """Run ``src`` (a results key) with its BatchNorm statistics recalibrated on real crops,
+    scored as ``NAME-sSEED``: the weights are the source's, the statistics what a run of the
+    same settings gives today (``bn_recalibrate_synthetic`` off, the same calibration stream: the
+    run's seed and final iteration), so no training is repeated."""
+    import shutil
+
+    from cloudcps.train import Trainer, resolve_config
+
+    results = json.loads((WORK / "results.json").read_text())
+    settings = dict(results[src]["settings"])
+    seed = int(results[src]["seed"])
+    out = WORK / "runs" / f"{name}-s{seed}"
+    if not (out / "latest.pt").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(WORK / "runs" / src, tmp)
+        (tmp / "best.pt").unlink(missing_ok=True)  # chosen on the old statistics
+        overrides = {"out": str(tmp), "bn_recalibrate_synthetic": False}
+        cfg, state = resolve_config(overrides, None, resume=True)
+        assert state is not None and int(state["iteration"]) == cfg.iters, src
+        trainer = Trainer(cfg, resume_state=state)
+        try:
+            trainer.recalibrate_norm()
+            trainer.save("latest.pt")
+        finally:
+            trainer.close()
+        tmp.rename(out)
+    data = str(settings.pop("data"))
+    return run(name, {**settings, "bn_recalibrate_synthetic": False}, data, seed)
+
+
 def held_out_clear(fn: evalsets.Predict, kind: str = "4") -> dict[str, Any]:
     """Per held-out Barren train patch, its clear pixels and the % of them called cloud."""
     cloud_codes = {"4": (1, 2), "3": (1,), "2": (1,)}[kind]
@@ -364,23 +396,40 @@ def reclear(prefix: str = "") -> None:
             results[key].update(redo)
             results_path.write_text(json.dumps(results, indent=1))
             print("rescored", key, *redo, flush=True)
-    from cloudcps.modelfiles import default_model_path
-
-    shipped = WORK / "shipped.json"
-    rec = json.loads(shipped.read_text())
-    if not _clear_complete(rec["clear"]):
-        rec["clear"] = evalsets.clear_ground(evalsets.model_predictor(default_model_path()))
-        shipped.write_text(json.dumps(rec, indent=1))
+    shipped_record()
     if not all(_clear_complete(v) for v in floors_clear().values()):
         (WORK / "floors_clear.json").unlink()
         floors_clear()
 
 
-def add_extras() -> None:
-    """Fill in the clear-ground and window numbers of finished runs scored before they existed,
-    and of the shipped model (key ``shipped``)."""
+def shipped_record() -> dict[str, Any]:
+    """The packaged starter at its defaults (``shipped.json``): its val scores, clear ground and
+    window checks, and the sha256 of the file they were measured on. Measured again whenever
+    the package holds another file than the record names (a new starter ships) or a clear-ground
+    column is missing, so a record never mixes two models."""
+    import hashlib
+
     from cloudcps.modelfiles import default_model_path
 
+    model = default_model_path()
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    path = WORK / "shipped.json"
+    rec: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if rec.get("sha256") == digest and _clear_complete(rec.get("clear", {})):
+        return rec
+    rec = {
+        "sha256": digest,
+        "label": f"shipped starter {digest[:8]}",
+        "final": evalsets.headline(evalsets.score_model(model)),
+        **extras(model),
+    }
+    path.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def add_extras() -> None:
+    """Fill in the clear-ground and window numbers of finished runs scored before they existed,
+    and of the shipped model (``shipped_record``)."""
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for key, r in results.items():
@@ -388,11 +437,7 @@ def add_extras() -> None:
             r.update(extras(WORK / "runs" / key / "latest.pt"))
             results_path.write_text(json.dumps(results, indent=1))
             print("extras", key, flush=True)
-    shipped = WORK / "shipped.json"
-    if not shipped.exists():
-        model = default_model_path()
-        rec = {"final": evalsets.headline(evalsets.score_model(model)), **extras(model)}
-        shipped.write_text(json.dumps(rec, indent=1))
+    shipped_record()
     floors_clear()
 
 
@@ -534,10 +579,8 @@ def lever_table(names: list[str] | None = None) -> str:
                     [_lever_cells(evalsets.headline(fl[key]["scores"]), {"clear": flc[ckey]})],
                 )
             )
-    shipped = WORK / "shipped.json"
-    if shipped.exists():
-        rec = json.loads(shipped.read_text())
-        lines.append(row("**shipped starter v2** (defaults)", [_lever_cells(rec["final"], rec)]))
+    rec = shipped_record()
+    lines.append(row(f"**{rec['label']}** (defaults)", [_lever_cells(rec["final"], rec)]))
     for name, rs in by_run(results, names).items():
         if not all("clear" in r for r in rs):
             continue
@@ -719,9 +762,7 @@ def held_out_table() -> str:
             v = [r["held_out"][p]["false_cloud"] for r in rs]
             sd = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""
             far = [r["held_out"][p].get("false_cloud_far") for r in rs]
-            far_cell = (
-                f" ({statistics.mean(far):.1f})" if all(x is not None for x in far) else ""  # type: ignore[type-var]
-            )
+            far_cell = f" ({statistics.mean(far):.1f})" if None not in far else ""
             cells.append(f"{statistics.mean(v):.1f}{sd}{far_cell}")
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -766,14 +807,14 @@ def ship_check(keys: list[str]) -> str:
     """Each candidate against the shipped model, column by column at 1024 px windows: the
     columns that decide (val sets' mIoU and On Cloud N's cloud IoU may not fall; false cloud on
     clear ground may not rise) and the per-class ones beside them."""
-    shipped = json.loads((WORK / "shipped.json").read_text())
+    shipped = shipped_record()
     base = _gate_values(shipped)
     cols = [*GATE_HIGHER, *GATE_LOWER, *INFO]
     names = [c if c not in PATCHES else f"fc {c.split('_')[0]}" for c in cols]
     lines = [
         "| model | " + " | ".join(names) + " | ships? |",
         "|---|" + "---|" * (len(cols) + 1),
-        "| shipped starter v2 | " + " | ".join(_fmt(base[c]) for c in cols) + " | (today) |",
+        f"| {shipped['label']} | " + " | ".join(_fmt(base[c]) for c in cols) + " | (today) |",
     ]
     for key in keys:
         v = _gate_values(at_shipped_window(key))
@@ -797,7 +838,7 @@ def _fmt(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = ["run", "adjust", "table", "levers", "heldout", "floors", "extras", "reclear"]
-    what += ["patches", "curves", "shipcheck", "ensemble"]
+    what += ["patches", "curves", "shipcheck", "ensemble", "recal"]
     ap.add_argument("what", choices=what)
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -841,6 +882,9 @@ def main() -> None:
             patch_pictures(args.name.split(","), ROOT / "docs" / "img" / "clear_ground_patches.png")
     elif args.what == "curves":  # NAME: a results key, e.g. v4-paste-long-s0
         curve_pictures(args.name, ROOT / "docs" / "img" / f"curves_{args.name}.png")
+    elif args.what == "recal":  # NAME: a results key; --names: the new run's name
+        out = recalibrated(args.name, args.names)
+        print(args.names, json.dumps(out["final"]), flush=True)
     elif args.what == "reclear":
         reclear(args.name or "")
     elif args.what == "ensemble":  # NAME: comma-separated results keys; --names: its key

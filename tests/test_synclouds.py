@@ -86,6 +86,22 @@ def test_same_seed_same_sample_and_share(tiny_tiles: Path, tmp_path: Path) -> No
     assert data.val is not None and data.val.synthetic is None
 
 
+def test_batchnorm_recalibration_crops_follow_the_option(tiny_tiles: Path, tmp_path: Path) -> None:
+    """The recalibration crops carry training's synthetic layers by default, sample for sample;
+    --bn-recalibrate-real gives the same crops without them."""
+    layered = build_data(tiny_cfg(tiny_tiles, tmp_path / "R", synthetic_clouds=1.0))
+    assert layered.calibration.synthetic is not None
+    real = build_data(
+        tiny_cfg(tiny_tiles, tmp_path / "R", synthetic_clouds=1.0, bn_recalibrate_synthetic=False)
+    )
+    assert real.labeled.synthetic is not None
+    assert real.calibration.synthetic is None and real.calibration.paste is None
+    a, b = real.calibration[(0, 7)], layered.calibration[(0, 7)]
+    assert not torch.equal(a["image"], b["image"])
+    plain = build_data(tiny_cfg(tiny_tiles, tmp_path / "R")).calibration[(0, 7)]
+    assert torch.equal(a["image"], plain["image"]) and torch.equal(a["mask"], plain["mask"])
+
+
 def test_layers_label_every_class_and_stay_in_range() -> None:
     sc = SyntheticClouds(1.0, STRETCH)
     image = np.full((96, 96, 3), 80, np.uint8)

@@ -110,6 +110,13 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     "batches of labelled crops at scale 1 (0 = off; never more than --iters).  [default: 50]",
 )
 @click.option(
+    "--bn-recalibrate-synthetic/--bn-recalibrate-real",
+    default=None,
+    help="Recalibrate BatchNorm on crops with the synthetic and pasted clouds of training (the "
+    "batches the weights learnt under), or on the real images only, as prediction meets "
+    "them.  [default: synthetic]",
+)
+@click.option(
     "--batch-size", type=int, help="Labelled (and unlabelled) images per step.  [default: 8]"
 )
 @click.option("--crop", type=int, help="Training crop side in pixels.  [default: 512]")

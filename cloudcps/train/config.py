@@ -61,6 +61,9 @@ class TrainConfig:
     optimizer: Optimizer = "sgd"
     encoder_norm: EncoderNorm = "batch"
     bn_recalibrate: int = 50
+    # recalibration crops with training's synthetic / pasted clouds, as the weights were trained
+    # under; off: real images only, as prediction meets them (a trade, docs/benchmarks.md item 24)
+    bn_recalibrate_synthetic: bool = True
     ema: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 5e-4

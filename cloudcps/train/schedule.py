@@ -107,8 +107,9 @@ def recalibrate_batchnorm(
     water, cloud, crops padded by the scale augmentation) and swing from one check to the
     next; the model validated and saved would be whichever the last batches left.
     ``bn_recalibrate`` batches of ``dataset`` (labelled crops at scale 1: no padding, as at
-    prediction time; synthetic clouds as in training), drawn from a stream fixed by the seed and
-    the iteration (so a resumed run gets the same), give each layer the plain mean over all.
+    prediction time; with training's synthetic and pasted clouds unless
+    ``bn_recalibrate_synthetic`` is off: real images only), drawn from a stream fixed by the
+    seed and the iteration (so a resumed run gets the same), give each layer the plain mean.
     The networks are left in training mode; False when nothing was recalibrated.
     """
     batches = min(cfg.bn_recalibrate, cfg.iters)  # scaled to the run: a 2-step test

@@ -225,12 +225,18 @@ def build_data(cfg: TrainConfig) -> TrainData:
         paste = _pasted_clouds(cfg, contract, lab_items, source)
     calibration_aug = Augment(min(cfg.crop, contract.tile_size), 1.0, 1.0)
     labeled = SegmentationDataset(lab_items, aug, True, mean, std, k, synthetic, paste)
+    # BatchNorm statistics with training's layers (the batches the weights learnt under), or of
+    # the real images alone (--bn-recalibrate-real); the choice moves a model by several mIoU
+    # either way (docs/benchmarks.md, issue 22 item 24)
+    layers = cfg.bn_recalibrate_synthetic
+    calibration = SegmentationDataset(
+        lab_items, calibration_aug, True, mean, std, k, synthetic if layers else None,
+        paste if layers else None,
+    )  # fmt: skip
     return TrainData(
         contract=contract,
         labeled=labeled,
-        calibration=SegmentationDataset(
-            lab_items, calibration_aug, True, mean, std, k, synthetic, paste
-        ),
+        calibration=calibration,
         unlabeled=SegmentationDataset(unl_items, aug, True, mean, std, k) if unl_items else None,
         val=SegmentationDataset(val_items, None, True, mean, std, k) if val_items else None,
         source=source,
