@@ -407,12 +407,12 @@ def shipped_record() -> dict[str, Any]:
     window checks, and the sha256 of the file they were measured on. Measured again whenever
     the package holds another file than the record names (a new starter ships) or a clear-ground
     column is missing, so a record never mixes two models."""
-    import hashlib
+    from starter import shipped_digest
 
     from cloudcps.modelfiles import default_model_path
 
     model = default_model_path()
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    digest = shipped_digest()
     path = WORK / "shipped.json"
     rec: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if rec.get("sha256") == digest and _clear_complete(rec.get("clear", {})):

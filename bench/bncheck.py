@@ -63,9 +63,7 @@ def main() -> None:
         try:
 
             def show(label: str) -> None:
-                for net in trainer.nets:
-                    net.eval()
-                result = trainer.validate()
+                result = trainer.validate()  # in eval mode: the running statistics
                 assert result is not None, "the tiles have no val split"
                 n = result["net1"]
                 per_class = " ".join(f"{100 * x:.1f}" for x in n["iou"])

@@ -425,7 +425,7 @@ def score(work: Path) -> dict[str, Any]:
     from cloudcps.modelfiles import default_model_path
 
     shipped = default_model_path()
-    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:16]
+    digest = shipped_digest()
     for tta in (False, True):
         key = f"shipped-{digest}:{'tta' if tta else 'default'}"
         if key not in results:
@@ -437,6 +437,13 @@ def score(work: Path) -> dict[str, Any]:
             print(f"scored {key}", flush=True)
     results_path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def shipped_digest() -> str:
+    """The first 16 hex digits of the packaged starter.pt's sha256: what names its scores."""
+    from cloudcps.modelfiles import default_model_path
+
+    return hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
 
 
 def _pct(v: float | None) -> str:
@@ -464,10 +471,8 @@ def floor_rows(work: Path) -> list[tuple[str, list[dict[str, Any]]]]:
 
 def table(work: Path, only: str | None = None) -> str:
     """Markdown tables: each model on each val set, seeds as mean ± sd, floors on top."""
-    from cloudcps.modelfiles import default_model_path
-
     results = json.loads((work / "scores.json").read_text())
-    current = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
+    current = shipped_digest()
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, r in results.items():
         run, variant = key.split(":")

@@ -62,7 +62,7 @@ class TrainConfig:
     encoder_norm: EncoderNorm = "batch"
     bn_recalibrate: int = 50
     # recalibration crops with training's synthetic / pasted clouds, as the weights were trained
-    # under; off: real images only, as prediction meets them (a trade, docs/benchmarks.md item 24)
+    # under; off: real images only, as prediction meets them (a trade, docs/benchmarks.md item 25)
     bn_recalibrate_synthetic: bool = True
     ema: float = 0.0
     momentum: float = 0.9

@@ -227,7 +227,7 @@ def build_data(cfg: TrainConfig) -> TrainData:
     labeled = SegmentationDataset(lab_items, aug, True, mean, std, k, synthetic, paste)
     # BatchNorm statistics with training's layers (the batches the weights learnt under), or of
     # the real images alone (--bn-recalibrate-real); the choice moves a model by several mIoU
-    # either way (docs/benchmarks.md, issue 22 item 24)
+    # either way (docs/benchmarks.md, issue 22 item 25)
     layers = cfg.bn_recalibrate_synthetic
     calibration = SegmentationDataset(
         lab_items, calibration_aug, True, mean, std, k, synthetic if layers else None,
