@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from cloudcps.cli.main import cli
 from cloudcps.contract import partial_code
-from cloudcps.models import LOCAL_POOL_ARCH, ModelSpec, create_network, load_checkpoint
+from cloudcps.models import (
+    GROUP_NORM_SUFFIX,
+    LOCAL_POOL_ARCH,
+    ModelSpec,
+    create_network,
+    load_checkpoint,
+)
 from cloudcps.synthetic.paste import PastedClouds, cloud_bank, paste
 from cloudcps.train import Trainer, build_data, resolve_config
 from tests.test_synclouds import CLEAR, SHADOW, STRETCH, THICK, THIN
@@ -198,15 +204,61 @@ def test_local_aspp_sees_a_fixed_neighbourhood() -> None:
         assert not torch.equal(g(x)[..., :14, :14], g(y)[..., :14, :14])
 
 
-def test_local_pooling_run_predicts_through_onnx(tiny_tiles: Path, tmp_path: Path) -> None:
-    """A run of the new architecture is rebuilt from its checkpoint and exported."""
+def test_group_norm_decoder_normalises_each_sample_by_itself() -> None:
+    """``-gn``: no BatchNorm left in the decoder, the encoder's kept; in training mode a crop's
+    output does not depend on the other crops of its batch (BatchNorm's does)."""
+    from torch import nn
+
+    arch = LOCAL_POOL_ARCH + GROUP_NORM_SUFFIX
+    net = create_network(ModelSpec(arch, "tu-mobilenetv3_small_100", 4), seed=0)
+    decoder = list(net.decoder.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in decoder)
+    assert sum(isinstance(m, nn.GroupNorm) for m in decoder) == 9
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.encoder.modules())
+    assert isinstance(net.decoder.aspp[0].convs[-1][0], nn.AvgPool2d)  # still the local ASPP
+    x = torch.randn(3, 3, 64, 64)
+    decoder_only = net.decoder.train()
+    for m in decoder:
+        if isinstance(m, nn.Dropout):
+            m.eval()  # the ASPP's dropout draws per batch
+    with torch.no_grad():
+        feats = [f.detach() for f in net.encoder.eval()(x)]
+        alone = decoder_only([f[:1] for f in feats])
+        batch = decoder_only(feats)
+    assert torch.allclose(alone[0], batch[0], atol=1e-5)
+    plain = create_network(ModelSpec("deeplabv3plus", "tu-mobilenetv3_small_100", 4), seed=0)
+    with torch.no_grad():
+        feats = [f.detach() for f in plain.encoder.eval()(x)]
+        plain.decoder.train()
+        for m in plain.decoder.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        a, b = plain.decoder([f[:2] for f in feats]), plain.decoder(feats)
+    assert not torch.allclose(a[0], b[0], atol=1e-3)
+
+
+def test_unknown_group_norm_arch_is_refused(tiny_tiles: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        cli, ["train", "--data", str(tiny_tiles), "-o", str(tmp_path / "R"), "--arch", "nonet-gn",
+              *TINY_ARGS],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]
+    assert "nonet" in line and "-gn" in line and not (tmp_path / "R" / "latest.pt").exists()
+
+
+@pytest.mark.parametrize("arch", [LOCAL_POOL_ARCH, "deeplabv3plus" + GROUP_NORM_SUFFIX])
+def test_new_architectures_predict_through_onnx(
+    arch: str, tiny_tiles: Path, tmp_path: Path
+) -> None:
+    """A run of either new architecture is rebuilt from its checkpoint and exported."""
     from cloudcps.models import load_for_inference
     from cloudcps.predict.graphs import export_onnx
 
     out = tmp_path / "R"
-    Trainer(tiny_cfg(tiny_tiles, out, iters=2, arch=LOCAL_POOL_ARCH, mode="supervised")).fit()
+    Trainer(tiny_cfg(tiny_tiles, out, iters=2, arch=arch, mode="supervised")).fit()
     state = load_checkpoint(out / "latest.pt")
-    assert state["model"]["arch"] == LOCAL_POOL_ARCH
+    assert state["model"]["arch"] == arch
     loaded = load_for_inference(out / "latest.pt", nets="1")
     onnx = export_onnx(out / "latest.pt", "1", tmp_path / "g.onnx")
     import onnxruntime as ort

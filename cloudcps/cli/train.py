@@ -26,8 +26,9 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
     "--arch",
     help="smp architecture (deeplabv3plus, unet, fpn, ...), or deeplabv3plus-local: DeepLabV3+ "
     "whose image pooling averages a fixed ~144 px neighbourhood instead of the whole window, with "
-    "atrous rates 2/4/6: masks depend less on the prediction window (README).  [default: "
-    "deeplabv3plus]",
+    "atrous rates 2/4/6: masks depend less on the prediction window (README); any of them with "
+    "the suffix -gn (deeplabv3plus-gn) has GroupNorm instead of BatchNorm in its decoder.  "
+    "[default: deeplabv3plus]",
 )
 @click.option("--encoder", help="smp encoder.  [default: tu-efficientnet_lite0]")
 @click.option(

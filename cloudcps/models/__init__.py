@@ -84,17 +84,58 @@ def _local_image_pooling(net: nn.Module, kernel: int = LOCAL_POOL_KERNEL) -> nn.
     return net
 
 
+GROUP_NORM_SUFFIX = "-gn"
+
+
+def _group_count(channels: int) -> int:
+    """GroupNorm's groups for ``channels``: 32 as in Wu & He (2018), fewer where 32 does not
+    divide the channels (DeepLabV3+'s 48-channel high-resolution branch: 16)."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+
+
+def _decoder_group_norm(net: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer of ``net``'s decoder by GroupNorm (the encoder keeps its
+    BatchNorm and its pretrained statistics).
+
+    BatchNorm in DeepLabV3+'s ASPP normalises by statistics of the batch while training and by
+    population statistics when predicting. Its image-pooling branch sees one vector a crop, so
+    with 8 crops a step its training statistics are those of 8 values, and its population
+    variance can be tiny (issue 22 item 29: 5e-4, amplifying any window-level shift 45x).
+    GroupNorm normalises each sample by itself: the same in training and prediction, no running
+    statistics to recalibrate.
+    """
+    decoder = getattr(net, "decoder", None)
+    if not isinstance(decoder, nn.Module):
+        raise InputError(f"{GROUP_NORM_SUFFIX}: this architecture has no decoder module")
+    swaps = [
+        (parent, name, child)
+        for parent in decoder.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.BatchNorm2d)
+    ]
+    for parent, name, bn in swaps:
+        gn = nn.GroupNorm(_group_count(bn.num_features), bn.num_features, eps=bn.eps)
+        setattr(parent, name, gn)
+    return net
+
+
 def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """A randomly initialised smp model; ``seed`` fixes the initialisation.
 
     Besides smp's architectures, ``deeplabv3plus-local`` is DeepLabV3+ with atrous rates
     ``LOCAL_ATROUS_RATES`` and its image pooling over a fixed neighbourhood
     (:func:`_local_image_pooling`): an ASPP that sees the same neighbourhood at every window.
+    Any of them with the suffix ``-gn`` (``deeplabv3plus-gn``, ``unet-gn``) has GroupNorm in
+    its decoder instead of BatchNorm (:func:`_decoder_group_norm`).
     """
     import segmentation_models_pytorch as smp
 
     if seed is not None:
         torch.manual_seed(seed)
+    if spec.arch.endswith(GROUP_NORM_SUFFIX) and len(spec.arch) > len(GROUP_NORM_SUFFIX):
+        plain = ModelSpec(spec.arch.removesuffix(GROUP_NORM_SUFFIX), spec.encoder,
+                          spec.num_classes, spec.in_channels)  # fmt: skip
+        return _decoder_group_norm(create_network(plain))
     local = spec.arch == LOCAL_POOL_ARCH
     try:
         net: nn.Module = smp.create_model(
@@ -108,7 +149,8 @@ def create_network(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     except KeyError as exc:
         raise InputError(
             f"unknown architecture or encoder ({exc}); --arch takes an smp architecture such as "
-            f"deeplabv3plus, unet, fpn, or {LOCAL_POOL_ARCH}; --encoder an smp encoder such as "
+            f"deeplabv3plus, unet, fpn, or {LOCAL_POOL_ARCH}, each with the suffix "
+            f"{GROUP_NORM_SUFFIX} for GroupNorm in its decoder; --encoder an smp encoder such as "
             "resnet50 or tu-efficientnet_lite0"
         ) from None
     except (ValueError, RuntimeError) as exc:
