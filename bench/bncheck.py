@@ -110,11 +110,15 @@ def decoder_statistics(model: Path, tiles: Path | None) -> None:
     import numpy as np
     from PIL import Image
 
-    ids = (tiles / "splits" / "val.txt").read_text().split()[:6]
-    rgb = [np.asarray(Image.open(tiles / "images" / f"{i}.png").convert("RGB")) for i in ids]
-    x = torch.from_numpy(np.stack([a[:512, :512] for a in rgb])).permute(0, 3, 1, 2).float()
+    from cloudcps.train.data import TileFolder, _normalise
+
+    folder = TileFolder(tiles)
     c = loaded.contract
-    x = (x / 255.0 - torch.tensor(c.mean).view(1, 3, 1, 1)) / torch.tensor(c.std).view(1, 3, 1, 1)
+    crops = []
+    for item in folder.items(folder.split("val")[:6]):
+        with Image.open(item.image) as im:
+            crops.append(_normalise(np.asarray(im.convert("RGB"))[:512, :512], c.mean, c.std))
+    x = torch.stack(crops)
     pool_bn = net.decoder.aspp[0].convs[-1][2]  # smp's ASPPPooling: pool, conv, BatchNorm, act
     assert isinstance(pool_bn, torch.nn.BatchNorm2d), "not smp's DeepLabV3+ image pooling"
     for label, batch_mode in (("as saved", False), ("pooling BatchNorm by batch", True)):
