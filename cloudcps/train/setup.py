@@ -293,7 +293,9 @@ def build_networks(
     to the checkpoint's."""
     count = 2 if cfg.mode == "cps" else 1
     if cfg.init is not None and not resuming:
-        nets, spec, weights_desc = init_from_checkpoint(cfg.init, contract, cfg.seed, count)
+        nets, spec, weights_desc = init_from_checkpoint(
+            cfg.init, contract, cfg.seed, count, arch=cfg.arch
+        )
         cfg.arch, cfg.encoder = spec.arch, spec.encoder
     else:
         spec = ModelSpec(cfg.arch, cfg.encoder, contract.num_classes)
