@@ -267,3 +267,42 @@ def test_new_architectures_predict_through_onnx(
     with torch.no_grad():
         want = loaded.model(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() < 1e-3
+
+
+def test_init_converts_a_batchnorm_decoder_to_group_norm(tiny_tiles: Path, tmp_path: Path) -> None:
+    """``--init`` of a BatchNorm-decoder run with ``--arch <its arch>-gn``: the encoder and every
+    convolution as trained, each GroupNorm with its BatchNorm's scale and shift; any other arch
+    is refused in one line that names the conversion."""
+    from torch import nn
+
+    from cloudcps.contract import DataContract
+    from cloudcps.models import init_from_checkpoint
+
+    base = tmp_path / "bn"
+    Trainer(tiny_cfg(tiny_tiles, base, iters=2, mode="supervised")).fit()
+    contract = DataContract.from_dict(load_checkpoint(base / "latest.pt")["contract"])
+    gn_arch = "deeplabv3plus" + GROUP_NORM_SUFFIX
+    (net,), spec, desc = init_from_checkpoint(base / "latest.pt", contract, 0, 1, arch=gn_arch)
+    assert spec.arch == gn_arch and "GroupNorm" in desc
+    saved = load_checkpoint(base / "latest.pt")["nets"][0]
+    norms = [n for n, m in net.decoder.named_modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 9
+    own = net.state_dict()
+    for name in norms:
+        for p in ("weight", "bias"):
+            assert torch.equal(own[f"decoder.{name}.{p}"], saved[f"decoder.{name}.{p}"])
+        assert f"decoder.{name}.running_var" in saved and f"decoder.{name}.running_var" not in own
+    for k, v in own.items():
+        assert torch.equal(v, saved[k].float())  # nothing left at its random start
+
+    out = tmp_path / "gn"
+    args = ["train", "--data", str(tiny_tiles), "--mode", "supervised", "--iters", "2",
+            "--init", str(base / "latest.pt"), *TINY_ARGS]  # fmt: skip
+    res = CliRunner().invoke(cli, [*args, "-o", str(out), "--arch", gn_arch])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out / "latest.pt")["model"]["arch"] == gn_arch
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "u"), "--arch", "unet"])
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]
+    assert "--arch unet" in line and f"--arch {gn_arch} converts" in line
+    assert not (tmp_path / "u").exists() or not any((tmp_path / "u").iterdir())

