@@ -831,6 +831,38 @@ def ship_check(keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def stroke_table(keys: list[str], min_px: int = 1000) -> str:
+    """Where the CloudSEN12 scribbles' strokes go, per image and labelled class (at least
+    ``min_px`` pixels): the share predicted as each class at 1024 px windows. Each key is a
+    results key (its run's latest.pt) or ``shipped`` (the packaged starter). The scribbles'
+    per-class columns rest on a few strokes (thin cloud: one image), so this says whose verdict
+    a column is."""
+    import numpy as np
+
+    from cloudcps.modelfiles import default_model_path
+
+    refs = evalsets.references()["scr"]
+    pairs = evalsets.val_sets()["scr"]
+    classes = evalsets.CLASSES
+    lines = [
+        "| model | image | labelled | pixels | " + " / ".join(classes) + " |",
+        "|---|---|---|---|---|",
+    ]
+    for key in keys:
+        model = default_model_path() if key == "shipped" else WORK / "runs" / key / "latest.pt"
+        predict = evalsets.model_predictor(model, tile_size=1024)
+        for (img, _), ref in zip(pairs, refs, strict=True):
+            pred = predict(img)
+            for c, name in enumerate(classes):
+                m = ref == c
+                if m.sum() < min_px:
+                    continue
+                share = np.bincount(pred[m], minlength=len(classes)) / m.sum()
+                cells = " / ".join(f"{x:.2f}" for x in share)
+                lines.append(f"| {key} | {img.stem} | {name} | {int(m.sum())} | {cells} |")
+    return "\n".join(lines)
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -838,7 +870,7 @@ def _fmt(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = ["run", "adjust", "table", "levers", "heldout", "floors", "extras", "reclear"]
-    what += ["patches", "curves", "shipcheck", "ensemble", "recal"]
+    what += ["patches", "curves", "shipcheck", "ensemble", "recal", "strokes"]
     ap.add_argument("what", choices=what)
     ap.add_argument("name", nargs="?")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -892,6 +924,8 @@ def main() -> None:
         print(args.names, json.dumps(out["final"]), flush=True)
     elif args.what == "shipcheck":  # NAME: comma-separated results keys
         print(ship_check(args.name.split(",")))
+    elif args.what == "strokes":  # NAME: comma-separated results keys (or shipped)
+        print(stroke_table(args.name.split(",")))
     elif args.what == "extras":
         add_extras()
     elif args.what == "floors":
