@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import evalsets  # noqa: E402
+from common import bench_threads  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "ablate"
 STARTER_TILES = ROOT / "bench" / "out" / "starter" / "tiles"
@@ -885,7 +885,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    torch.set_num_threads(bench_threads())
     if args.what == "run":
         overrides = dict(kv.split("=", 1) for kv in args.set)
         out = run(

@@ -21,11 +21,11 @@ tiles at 128 and 512 px, as saved and with that one layer normalised by the batc
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import torch
+from common import bench_threads
 
 from cloudcps.models import load_checkpoint, load_for_inference
 from cloudcps.train import Trainer
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    torch.set_num_threads(bench_threads())
     if args.stats:
         decoder_statistics(args.model, args.tiles)
         return

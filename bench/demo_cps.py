@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ WORK = ROOT / "bench" / "out" / "demo_cps"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ablate import parse_value  # noqa: E402
+from common import bench_threads  # noqa: E402
 
 
 def run(name: str, seeds: list[int], overrides: dict[str, Any]) -> None:
@@ -82,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    torch.set_num_threads(bench_threads())
     if args.what == "run":
         overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
         run(args.name, [int(s) for s in args.seeds.split(",")], overrides)

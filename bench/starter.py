@@ -50,6 +50,7 @@ WORK = ROOT / "bench" / "out" / "starter"
 sys.path.insert(0, str(ROOT / "bench"))
 
 import evalsets  # noqa: E402
+from common import bench_threads  # noqa: E402
 
 LABEL_MAP = "128:0,255:1,192:2,64:3,0:0|3,1:1|2"
 STRETCH = "0:12000"
@@ -703,7 +704,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(int(os.environ.get("CLOUDCPS_THREADS", "2")))
+    torch.set_num_threads(bench_threads())
     schedule = dict(GPU_SCHEDULE if args.device == "cuda" else CPU_SCHEDULE)
     if args.iters:
         schedule["iters"] = args.iters
