@@ -855,11 +855,12 @@ def stroke_table(keys: list[str], min_px: int = 1000) -> str:
             pred = predict(img)
             for c, name in enumerate(classes):
                 m = ref == c
-                if m.sum() < min_px:
+                n = int(m.sum())
+                if n < min_px:
                     continue
-                share = np.bincount(pred[m], minlength=len(classes)) / m.sum()
+                share = np.bincount(pred[m], minlength=len(classes)) / n
                 cells = " / ".join(f"{x:.2f}" for x in share)
-                lines.append(f"| {key} | {img.stem} | {name} | {int(m.sum())} | {cells} |")
+                lines.append(f"| {key} | {img.stem} | {name} | {n} | {cells} |")
     return "\n".join(lines)
 
 
